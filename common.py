@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn, optim
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
+from torchvision.transforms.functional import pil_to_tensor
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -523,3 +525,56 @@ def print_summary(run):
               "try a smaller --lr, such as the default 0.003.", file=sys.stderr)
     elif run.stopped == "interrupted":
         print(f"Kept the {len(run.history)} completed epochs; run again to train all of them.", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- inference (step 4)
+
+def view_classify(img, ps, title):
+    """The tutorial's helper.view_classify: the image beside a bar chart of its 10 class probabilities.
+
+    img: a normalised image with 784 values, ps: its probabilities (10 values); CPU or GPU tensors.
+    """
+    img, ps = img.detach().cpu().view(28, 28), ps.detach().cpu().view(10)
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(ncols=2, width_ratios=(1, 1.4))
+    ax1.imshow(img, cmap="gray", vmin=-1, vmax=1)
+    ax1.set_axis_off()
+    ax2.barh(range(10), ps, color=["tab:orange" if i == ps.argmax() else "tab:blue" for i in range(10)])
+    ax2.set_yticks(range(10), CLASSES)
+    ax2.invert_yaxis()                            # label 0 at the top, as in the class list
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("probability")
+    ax2.set_title("Class probability")
+    fig.suptitle(title)
+    return fig
+
+
+def prepare_image(path):
+    """A learner's own PNG or JPEG as the network expects it: 28x28, light clothes on black, normalised.
+
+    Returns the image (1, 1, 28, 28) and whether it was inverted (its background was light).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        fail(f"no image file at {path}: check the path given to --image.")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        fail(f"{path} is not an image that can be read: pass a PNG or JPEG file to --image.")
+    if image.format not in ("PNG", "JPEG"):
+        fail(f"{path} is a {image.format} image: save it as PNG or JPEG and pass that to --image.")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    gray = image.convert("L")
+    pixels = pil_to_tensor(gray)[0]                                        # (H, W) uint8
+    border = torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).float()
+    # Fashion-MNIST shows light clothes on a black background; most photos have a light one.
+    inverted = border.mean().item() > 127
+    if inverted:
+        gray = ImageOps.invert(gray)
+    gray = ImageOps.contain(gray, (28, 28), Image.Resampling.LANCZOS)     # keeps the aspect ratio
+    canvas = Image.new("L", (28, 28), 0)
+    canvas.paste(gray, ((28 - gray.width) // 2, (28 - gray.height) // 2))
+    return normalize(pil_to_tensor(canvas)), inverted

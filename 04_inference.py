@@ -1,0 +1,112 @@
+"""Step 4 of the tutorial, "Inference": what the trained network sees, and what it thinks.
+
+    python 04_inference.py [--index 0] [--image PHOTO.png] [--checkpoint outputs/dropout.pt]
+
+Rebuilds the network from a checkpoint of 03_dropout.py (or 02_baseline.py), shows one test
+image, or your own photo with --image, beside its 10 class probabilities (inference.png or
+inference_image.png), then measures the whole test set: accuracy per class,
+confusion_matrix.png and mistakes.png.
+"""
+import torch
+from matplotlib.figure import Figure
+
+import common
+
+
+def predict(model, images, device, batch_size=1000):
+    """The most likely class of each image, (N,)."""
+    with torch.no_grad():
+        return torch.cat([model(batch.to(device)).argmax(dim=1).cpu() for batch in images.split(batch_size)])
+
+
+def plot_confusion_matrix(confusion):
+    """10x10 counts: rows are the true classes, columns the predicted ones."""
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(confusion, cmap="Blues")
+    for true in range(10):
+        for pred in range(10):
+            count = confusion[true, pred].item()
+            ax.text(pred, true, count, ha="center", va="center", fontsize=8,
+                    color="white" if count > confusion.max().item() / 2 else "black")
+    ax.set_xticks(range(10), common.CLASSES, rotation=45, ha="right")
+    ax.set_yticks(range(10), common.CLASSES)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix of the test set (counts)")
+    return fig
+
+
+def plot_mistakes(images, labels, preds, columns=8, rows=4):
+    """The first misclassified test images, each labelled with what the network said and the truth."""
+    wrong = (preds != labels).nonzero().view(-1)[:columns * rows]
+    fig = Figure(figsize=(columns * 1.3, rows * 1.6), layout="constrained")
+    for ax, index in zip(fig.subplots(rows, columns).flat, wrong.tolist()):
+        ax.imshow(images[index].view(28, 28), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(f"{common.CLASSES[preds[index]]}\n(is {common.CLASSES[labels[index]]})", fontsize=7)
+    for ax in fig.axes:
+        ax.set_axis_off()
+    fig.suptitle("Mistakes: what the network said (and the truth)")
+    return fig
+
+
+def main(argv=None):
+    parser = common.make_parser(__doc__)
+    common.add_device_arg(parser)
+    parser.add_argument("--checkpoint", help="checkpoint to load (default: OUT_DIR/dropout.pt)")
+    parser.add_argument("--index", type=common.non_negative_int, default=0, help="test image to classify")
+    parser.add_argument("--image", help="classify your own PNG or JPEG instead of a test image")
+    args = parser.parse_args(argv)
+    device = common.get_device(args.device)
+    out_dir = common.prepare_out_dir(args.out_dir)
+
+    # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval().
+    model, checkpoint = common.load_checkpoint(args.checkpoint or out_dir / "dropout.pt", device)
+    print(f"Loaded {args.checkpoint or out_dir / 'dropout.pt'}: dropout {checkpoint['dropout']}, "
+          f"epoch {checkpoint['epoch']}")
+    _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
+    images, labels = common.normalize(testdataset.data), testdataset.targets     # (N, 1, 28, 28), (N,)
+    if args.index >= len(images):
+        parser.error(f"argument --index: {args.index} is outside the test set; use 0 to {len(images) - 1}")
+
+    # ------------------------------------------------------------------ one image
+    if args.image:
+        img, inverted = common.prepare_image(args.image)
+        truth, path = f"your image{', inverted' if inverted else ''}", out_dir / "inference_image.png"
+    else:
+        img = images[args.index]
+        truth, path = f"true: {common.CLASSES[labels[args.index]]}", out_dir / "inference.png"
+    img = img.view(1, 784)                          # the network wants (1, 784)
+    with torch.no_grad():
+        output = model(img.to(device))              # log-probabilities
+    ps = torch.exp(output)                          # probabilities, summing to 1
+    top_p, top_class = ps.topk(3, dim=1)
+    print(f"{'Your image' if args.image else f'Test image {args.index}'} ({truth}); the network's top 3:")
+    for p, c in zip(top_p[0].tolist(), top_class[0].tolist()):
+        print(f"  {common.CLASSES[c]:<12} {p:.3f}")
+    title = f"Predicted: {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), {truth}"
+    common.save_figure(common.view_classify(img, ps, title), path)
+    print(f"Wrote {path}")
+
+    # ------------------------------------------------------------------ the whole test set
+    preds = predict(model, images, device)
+    confusion = torch.bincount(labels * 10 + preds, minlength=100).view(10, 10)   # [true, predicted]
+    correct = confusion.diag().sum().item()
+    print(f"Test accuracy: {correct / len(labels):.4f} ({correct} of {len(labels)} images)")
+    print(f"{'class':<12} accuracy")
+    for name, right, total in zip(common.CLASSES, confusion.diag().tolist(), confusion.sum(dim=1).tolist()):
+        print(f"{name:<12} {right / total if total else float('nan'):.3f}")
+    pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
+    a, b = divmod(pairs.argmax().item(), 10)
+    print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, {pairs[a, b].item()} times "
+          f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
+          f"{confusion[b, a].item()} the other way)")
+    for name, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
+                      ("mistakes.png", plot_mistakes(images, labels, preds))):
+        common.save_figure(fig, out_dir / name)
+        print(f"Wrote {out_dir / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    common.run(main)
