@@ -91,8 +91,8 @@ def main(argv=None):
     # ------------------------------------------------------------------ the whole test set
     preds = predict(model, images, device)
     confusion = torch.bincount(labels * 10 + preds, minlength=100).view(10, 10)   # [true, predicted]
-    correct = confusion.diag().sum().item()
-    print(f"Test accuracy: {correct / len(labels):.4f} ({correct} of {len(labels)} images)")
+    correct, total = confusion.diag().sum().item(), confusion.sum().item()
+    print(f"Test accuracy: {correct / total:.4f} ({correct} of {total} images)")
     print(f"{'class':<12} accuracy")
     for name, right, total in zip(common.CLASSES, confusion.diag().tolist(), confusion.sum(dim=1).tolist()):
         print(f"{name:<12} {right / total if total else float('nan'):.3f}")

@@ -32,6 +32,8 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "outputs"
 SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")       # Debian's dataset-fashion-mnist
 # The four IDX files torchvision reads from ROOT/FashionMNIST/raw/, with their IDX magic number:
 # 0x0803 = unsigned bytes in 3 dimensions (images), 0x0801 = unsigned bytes in 1 dimension (labels).
+# A loss per image above this means the training has blown up: the untrained network's is ln(10) = 2.3.
+DIVERGED_LOSS = 100.0
 RAW_FILES = {"train-images-idx3-ubyte": 0x0803, "train-labels-idx1-ubyte": 0x0801,
              "t10k-images-idx3-ubyte": 0x0803, "t10k-labels-idx1-ubyte": 0x0801}
 
@@ -398,9 +400,10 @@ def train(model, trainloader, valloader, optimizer, loss_function, epochs, devic
             start = time.perf_counter()
             train_loss = train_one_epoch(model, trainloader, optimizer, loss_function, device, scheduler)
             val_loss, val_accuracy = evaluate(model, valloader, loss_function, device)
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            if not train_loss < DIVERGED_LOSS or not val_loss < DIVERGED_LOSS:     # also true for NaN
                 run.stopped = "diverged"
-                print(f"Epoch: {epoch}/{epochs}..  the loss is no longer a finite number.")
+                print(f"Epoch: {epoch}/{epochs}..  Training Loss: {train_loss:.3g}..  {label} Loss: {val_loss:.3g}: "
+                      "the training has blown up.")
                 break
             run.history.append({"epoch": epoch, "train_loss": train_loss, f"{val_name}_loss": val_loss,
                                 f"{val_name}_accuracy": val_accuracy,
@@ -508,21 +511,20 @@ def read_history(path):
 
 def print_summary(run):
     """The run in numbers: lowest and final validation loss, how far it rose, the final accuracy, the speed."""
-    if not run.history:
-        return
     v = run.val_name
-    best, last = run.best, run.history[-1]
-    rise = last[f"{v}_loss"] - best[f"{v}_loss"]
-    seconds = sum(h["seconds"] for h in run.history)
-    print(f"Lowest validation loss: {best[f'{v}_loss']:.3f} at epoch {best['epoch']} "
-          f"({v} accuracy {best[f'{v}_accuracy']:.3f}), kept as the best checkpoint")
-    print(f"Final validation loss:  {last[f'{v}_loss']:.3f} at epoch {last['epoch']}, "
-          f"{rise:.3f} above its lowest ({rise / best[f'{v}_loss']:.0%}){': overfitting' if rise > 0.02 else ''}")
-    print(f"Final {v} accuracy:    {last[f'{v}_accuracy']:.3f}")
-    print(f"Time: {seconds:.1f} s for {len(run.history)} epochs, {seconds / len(run.history):.2f} s per epoch")
+    if run.history:
+        best, last = run.best, run.history[-1]
+        rise = last[f"{v}_loss"] - best[f"{v}_loss"]
+        seconds = sum(h["seconds"] for h in run.history)
+        print(f"Lowest validation loss: {best[f'{v}_loss']:.3f} at epoch {best['epoch']} "
+              f"({v} accuracy {best[f'{v}_accuracy']:.3f}), kept as the best checkpoint")
+        print(f"Final validation loss:  {last[f'{v}_loss']:.3f} at epoch {last['epoch']}, {rise:.3f} above its "
+              f"lowest ({rise / best[f'{v}_loss']:.0%}){': overfitting' if rise > 0.02 else ''}")
+        print(f"Final {v} accuracy:    {last[f'{v}_accuracy']:.3f}")
+        print(f"Time: {seconds:.1f} s for {len(run.history)} epochs, {seconds / len(run.history):.2f} s per epoch")
     if run.stopped == "diverged":
-        print("error: the loss stopped being a finite number (the training diverged): "
-              "try a smaller --lr, such as the default 0.003.", file=sys.stderr)
+        print(f"error: the training diverged at epoch {len(run.history) + 1} (a loss above {DIVERGED_LOSS:g} "
+              "or not a number): try a smaller --lr, such as the default 0.003.", file=sys.stderr)
     elif run.stopped == "interrupted":
         print(f"Kept the {len(run.history)} completed epochs; run again to train all of them.", file=sys.stderr)
 

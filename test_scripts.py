@@ -1,0 +1,610 @@
+"""Tests of the lesson's scripts, on a tiny Fashion-MNIST that the tests write themselves.
+
+    python -m unittest
+
+No test touches the network. The checks on the real data run when Debian's
+dataset-fashion-mnist is installed (as in CI) and are skipped otherwise.
+"""
+import contextlib
+import gzip
+import importlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn, optim
+from torchvision import datasets, transforms
+
+import common
+
+HERE = Path(__file__).resolve().parent
+data_step = importlib.import_module("01_data")
+baseline = importlib.import_module("02_baseline")
+dropout = importlib.import_module("03_dropout")
+inference = importlib.import_module("04_inference")
+
+N_TRAIN, N_TEST = 330, 100          # 330 = 5 batches of 64 and a short one of 10
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REAL_DATA = common.SYSTEM_COPY.is_dir()
+
+
+# ----------------------------------------------------------------------------- a tiny Fashion-MNIST
+
+def idx_bytes(tensor):
+    """An uint8 tensor as an IDX file: magic 0x08 0x0N, N big-endian sizes, then the bytes."""
+    header = (0x0800 | tensor.dim()).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
+    return header + tensor.numpy().tobytes()
+
+
+def fake_split(n, seed):
+    """n noisy images whose class shows as a bright band at rows 2*label..2*label+4, pixels 0 to 255."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 120, (n, 28, 28), generator=g, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 2 * label:2 * label + 4, 4:24] = 255
+    images[:, 0, 0] = 0
+    return images, labels.to(torch.uint8)
+
+
+def write_fake_fashion_mnist(folder, gz=True):
+    """The four IDX files of a tiny Fashion-MNIST in `folder`, gzipped like the originals by default."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": fake_split(N_TRAIN, 1), "t10k": fake_split(N_TEST, 2)}
+    for prefix, (images, labels) in splits.items():
+        for name, tensor in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(tensor)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return splits
+
+
+def run_main(module, *args):
+    """Call a script's main() in-process; return (status, stdout, stderr). SystemExit becomes its code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = module.main([str(a) for a in args])
+        except SystemExit as e:
+            status = e.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def is_png(path):
+    path = Path(path)
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def leftovers(folder):
+    """Temporary files that an atomic write left behind."""
+    return [p.name for p in Path(folder).rglob("*.tmp")]
+
+
+class TinyDataTestCase(unittest.TestCase):
+    """Each test gets a fresh temp folder; FASHION_MNIST_DIR points at a tiny local copy, so no test
+    reads the system copy or the network."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp_class = tempfile.TemporaryDirectory()
+        cls.source = Path(cls._tmp_class.name) / "local-copy"
+        cls.splits = write_fake_fashion_mnist(cls.source)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp_class.cleanup()
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = Path(tmp.name)
+        self.data_dir, self.out_dir = self.tmp / "data", self.tmp / "out"
+        env = mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.source)})
+        env.start()
+        self.addCleanup(env.stop)
+
+    def load(self):
+        """The loaders, quietly: unpacking prints a line per file."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            return common.load_data(self.data_dir, download=False)
+
+    def paths(self):
+        return ["--data-dir", self.data_dir, "--out-dir", self.out_dir, "--no-download"]
+
+    def train_script(self, module, *args):
+        status, out, err = run_main(module, *self.paths(), "--epochs", 1, *args)
+        self.assertEqual(status, 0, err)
+        return out
+
+
+# ----------------------------------------------------------------------------- step 1: data
+
+class DataTests(TinyDataTestCase):
+    def test_loaded_tensors_equal_the_tutorials_transform(self):
+        trainloader, testloader = self.load()
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        for loader, train in ((trainloader, True), (testloader, False)):
+            tutorial = datasets.FashionMNIST(self.data_dir, train=train, transform=transform)
+            expected = torch.stack([tutorial[i][0] for i in range(len(tutorial))])
+            images, labels = loader.dataset.tensors
+            self.assertEqual(images.shape, (len(tutorial), 1, 28, 28))
+            self.assertTrue(torch.equal(images, expected))
+            self.assertTrue(torch.equal(labels, tutorial.targets))
+
+    def test_values_span_minus_one_to_one(self):
+        trainloader, _ = self.load()
+        images = trainloader.dataset.tensors[0]
+        self.assertEqual((images.min().item(), images.max().item()), (-1.0, 1.0))
+
+    def test_a_batch_holds_64_images(self):
+        trainloader, testloader = self.load()
+        images, labels = next(iter(trainloader))
+        self.assertEqual(images.shape, torch.Size([64, 1, 28, 28]))
+        self.assertEqual(labels.shape, torch.Size([64]))
+        self.assertFalse(testloader.sampler.__class__.__name__ == "RandomSampler")
+
+    def test_local_copy_is_unpacked_into_the_raw_folder(self):
+        self.load()
+        raw = self.data_dir / "FashionMNIST" / "raw"
+        for name in common.RAW_FILES:
+            self.assertEqual((raw / name).read_bytes(), gzip.decompress((self.source / f"{name}.gz").read_bytes()))
+        self.assertEqual(leftovers(raw), [])
+
+    def test_unpacked_local_copy_is_accepted_too(self):
+        plain = self.tmp / "plain-copy"
+        write_fake_fashion_mnist(plain, gz=False)
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(plain)}):
+            trainloader, testloader = self.load()
+        self.assertEqual((len(trainloader.dataset), len(testloader.dataset)), (N_TRAIN, N_TEST))
+
+    def test_no_data_and_no_download_stops_with_the_three_ways_out(self):
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}):
+            status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn("internet", err)
+        self.assertIn("apt-get install dataset-fashion-mnist", err)
+        self.assertIn("FASHION_MNIST_DIR", err)
+        self.assertEqual(err.count("\n"), 1, "one sentence, no traceback")
+
+    def test_01_data_writes_samples_png_and_prints_the_facts(self):
+        status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertTrue(is_png(self.out_dir / "samples.png"))
+        self.assertIn(f"Training images: {N_TRAIN}, test images: {N_TEST}", out)
+        self.assertIn("torch.Size([64, 1, 28, 28])", out)
+        self.assertIn("equals the normalised tensor: True", out)
+
+
+class DamagedDataTests(TinyDataTestCase):
+    def raw(self, name="train-images-idx3-ubyte"):
+        return self.data_dir / "FashionMNIST" / "raw" / name
+
+    def truncate(self, path):
+        path.write_bytes(path.read_bytes()[:1000])
+
+    def test_truncated_raw_file_is_unpacked_again_from_the_local_copy(self):
+        self.load()
+        self.truncate(self.raw())
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            trainloader, _ = common.load_data(self.data_dir, download=False)
+        self.assertIn("is damaged", out.getvalue())
+        self.assertEqual(len(trainloader.dataset), N_TRAIN)
+
+    def test_truncated_raw_file_without_a_source_names_the_file(self):
+        self.load()
+        self.truncate(self.raw())
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp)}):
+            status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn(str(self.raw()), err)
+        self.assertIn("delete it", err)
+
+    def test_corrupt_gz_in_the_local_copy_is_named_and_nothing_is_half_written(self):
+        bad = self.tmp / "bad-copy"
+        write_fake_fashion_mnist(bad)
+        gz = bad / "train-images-idx3-ubyte.gz"
+        gz.write_bytes(gz.read_bytes()[:500])             # a truncated gzip stream
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(bad)}):
+            status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn(str(gz), err)
+        self.assertFalse(self.raw().exists())
+        self.assertEqual(leftovers(self.data_dir), [])
+
+    def test_an_idx_file_of_the_wrong_kind_is_refused(self):
+        self.load()
+        self.raw().write_bytes(self.raw("train-labels-idx1-ubyte").read_bytes())
+        self.assertEqual(common.idx_problem(self.raw()), "not an IDX file of this kind")
+
+
+@unittest.skipUnless(REAL_DATA, f"the real data set is not installed ({common.SYSTEM_COPY}): "
+                                "apt-get install dataset-fashion-mnist")
+class RealDataTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.data_dir = Path(cls._tmp.name) / "data"
+        with mock.patch.dict(os.environ), contextlib.redirect_stdout(io.StringIO()):
+            os.environ.pop("FASHION_MNIST_DIR", None)
+            cls.traindataset, cls.testdataset = common.load_datasets(cls.data_dir, download=False)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def test_sizes_and_classes(self):
+        self.assertEqual((len(self.traindataset), len(self.testdataset)), (60000, 10000))
+        self.assertEqual(torch.bincount(self.traindataset.targets).tolist(), [6000] * 10)
+        self.assertEqual(torch.bincount(self.testdataset.targets).tolist(), [1000] * 10)
+        self.assertEqual(tuple(self.traindataset.classes), common.CLASSES)
+
+    def test_one_real_epoch_of_the_baseline_passes_80_percent(self):
+        out_dir = Path(self._tmp.name) / "out"
+        status, out, err = run_main(baseline, "--data-dir", self.data_dir, "--out-dir", out_dir,
+                                    "--no-download", "--epochs", 1)
+        self.assertEqual(status, 0, err)
+        history = json.loads((out_dir / "baseline_history.json").read_text())
+        self.assertGreater(history[0]["test_accuracy"], 0.80)
+
+
+# ----------------------------------------------------------------------------- step 2: network and loop
+
+class NetworkTests(unittest.TestCase):
+    def test_output_shape_and_log_probabilities(self):
+        torch.manual_seed(0)
+        log_ps = common.FashionNeuralNetwork()(torch.rand(64, 1, 28, 28) * 2 - 1)
+        self.assertEqual(log_ps.shape, torch.Size([64, 10]))
+        torch.testing.assert_close(torch.exp(log_ps).sum(dim=1), torch.ones(64))
+
+    def test_dropout_acts_in_train_mode_only(self):
+        torch.manual_seed(0)
+        model = common.FashionNeuralNetwork(dropout=0.2)
+        plain = common.FashionNeuralNetwork(dropout=0.0)
+        plain.load_state_dict(model.state_dict())
+        x = torch.rand(32, 1, 28, 28)
+        model.train()
+        self.assertFalse(torch.equal(model(x), model(x)))
+        model.eval()
+        plain.eval()
+        self.assertTrue(torch.equal(model(x), plain(x)))
+        self.assertTrue(torch.equal(model(x), model(x)))
+
+    def test_loss_and_accuracy_are_counted_per_image(self):
+        torch.manual_seed(0)
+        images, labels = torch.rand(70, 1, 28, 28), torch.randint(0, 10, (70,))
+        loader = common.make_loader(images, labels, batch_size=64, shuffle=False)   # batches of 64 and 6
+        model = common.FashionNeuralNetwork()
+        with torch.no_grad():
+            log_ps = model(images)
+        hand_loss = F.nll_loss(log_ps, labels, reduction="sum").item() / 70
+        hand_accuracy = (log_ps.argmax(dim=1) == labels).sum().item() / 70
+        loss, accuracy = common.evaluate(model, loader, nn.NLLLoss(), torch.device("cpu"))
+        self.assertAlmostEqual(loss, hand_loss, places=5)
+        self.assertEqual(accuracy, hand_accuracy)
+        # The tutorial's mean of batch means weighs the 6 images of the last batch like 64:
+        mean_of_means = (F.nll_loss(log_ps[:64], labels[:64]).item() + F.nll_loss(log_ps[64:], labels[64:]).item()) / 2
+        self.assertNotAlmostEqual(loss, mean_of_means, places=3)
+        # The training loss too: with lr=0 the weights stay, so it is the same hand count.
+        train_loss = common.train_one_epoch(model, loader, optim.SGD(model.parameters(), lr=0.0),
+                                            nn.NLLLoss(), torch.device("cpu"))
+        self.assertAlmostEqual(train_loss, hand_loss, places=5)
+
+
+class TrainingScriptTests(TinyDataTestCase):
+    def test_02_baseline_writes_history_plot_and_checkpoints_that_rebuild_the_network(self):
+        out = self.train_script(baseline)
+        self.assertIn("torch.Size([64, 10])", out)
+        self.assertRegex(out, r"Epoch: 1/1\.\.  Training Loss: \d\.\d{3}\.\.  Test Loss: \d\.\d{3}\.\.  "
+                              r"Test Accuracy: \d\.\d{3}")
+        history = json.loads((self.out_dir / "baseline_history.json").read_text())
+        self.assertEqual(len(history), 1)
+        self.assertEqual(set(history[0]), {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"})
+        self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
+        _, testloader = self.load()
+        for name in ("baseline.pt", "baseline_best.pt"):
+            model, checkpoint = common.load_checkpoint(self.out_dir / name, torch.device("cpu"))
+            self.assertFalse(model.training)
+            self.assertEqual(checkpoint["classes"], list(common.CLASSES))
+            # The rebuilt network is the trained one: it measures exactly what was recorded.
+            loss, accuracy = common.evaluate(model, testloader, nn.NLLLoss(), torch.device("cpu"))
+            self.assertAlmostEqual(loss, checkpoint["metrics"]["test_loss"], places=5)
+            self.assertEqual(accuracy, checkpoint["metrics"]["test_accuracy"])
+
+    def test_same_seed_same_history(self):
+        histories = []
+        for run in range(2):
+            self.train_script(baseline, "--epochs", 2, "--out-dir", self.out_dir / str(run))
+            history = json.loads((self.out_dir / str(run) / "baseline_history.json").read_text())
+            histories.append([{k: v for k, v in h.items() if k != "seconds"} for h in history])
+        self.assertEqual(histories[0], histories[1])
+        self.train_script(baseline, "--epochs", 2, "--seed", 1, "--out-dir", self.out_dir / "other")
+        other = json.loads((self.out_dir / "other" / "baseline_history.json").read_text())
+        self.assertNotEqual(other[0]["train_loss"], histories[0][0]["train_loss"])
+
+    def test_03_dropout_compares_with_the_baseline(self):
+        self.train_script(baseline)
+        out = self.train_script(dropout)
+        for name in ("dropout_loss.png", "baseline_vs_dropout.png"):
+            self.assertTrue(is_png(self.out_dir / name), name)
+        model, checkpoint = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))
+        self.assertEqual(checkpoint["dropout"], 0.2)
+        self.assertEqual(model.dropout.p, 0.2)
+        self.assertIn("Without dropout:", out)
+        self.assertIn("Dropout 0.2:", out)
+
+    def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(self):
+        self.train_script(baseline, "--epochs", 4, "--lr", 0.05)
+        history = json.loads((self.out_dir / "baseline_history.json").read_text())
+        best = min(history, key=lambda h: h["test_loss"])
+        _, checkpoint = common.load_checkpoint(self.out_dir / "baseline_best.pt", torch.device("cpu"))
+        self.assertEqual(checkpoint["epoch"], best["epoch"])
+        _, last = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
+        self.assertEqual(last["epoch"], 4)
+
+
+# ----------------------------------------------------------------------------- beyond the tutorial
+
+class BeyondTheTutorialTests(TinyDataTestCase):
+    def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
+        trainloader, _ = self.load()
+        images = trainloader.dataset.tensors[0]
+        key = lambda t: {tuple(x.flatten().tolist()[:200]) for x in t}
+        splits = [common.hold_out(trainloader, 50, seed) for seed in (3, 3, 4)]
+        (train_a, val_a), (train_b, val_b), (_, val_c) = splits
+        self.assertEqual((len(train_a.dataset), len(val_a.dataset)), (N_TRAIN - 50, 50))
+        self.assertFalse(key(train_a.dataset.tensors[0]) & key(val_a.dataset.tensors[0]))
+        self.assertEqual(key(train_a.dataset.tensors[0]) | key(val_a.dataset.tensors[0]), key(images))
+        self.assertTrue(torch.equal(val_a.dataset.tensors[0], val_b.dataset.tensors[0]))
+        self.assertFalse(torch.equal(val_a.dataset.tensors[0], val_c.dataset.tensors[0]))
+
+    def test_with_a_val_split_the_test_set_is_evaluated_once(self):
+        _, testloader = self.load()
+        test_images = testloader.dataset.tensors[0]
+        sets = []
+        real_evaluate = common.evaluate
+
+        def counting_evaluate(model, loader, *args):
+            sets.append("test" if torch.equal(loader.dataset.tensors[0], test_images) else "other")
+            return real_evaluate(model, loader, *args)
+
+        with mock.patch.object(common, "evaluate", counting_evaluate):
+            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60)
+        self.assertEqual(sets, ["other"] * 3 + ["test"])
+        self.assertIn("Validation Loss", out)
+        history = json.loads((self.out_dir / "dropout_history.json").read_text())
+        self.assertIn("validation_loss", history[0])
+        _, checkpoint = common.load_checkpoint(self.out_dir / "dropout_best.pt", torch.device("cpu"))
+        self.assertIn("test_accuracy", checkpoint["metrics"])
+
+    def test_cosine_schedule_ends_at_zero_learning_rate(self):
+        seen = []
+        real_train = common.train
+
+        def spy(model, trainloader, valloader, optimizer, *args, **kwargs):
+            run = real_train(model, trainloader, valloader, optimizer, *args, **kwargs)
+            seen.append(optimizer.param_groups[0]["lr"])
+            return run
+
+        with mock.patch.object(common, "train", spy):
+            self.train_script(dropout, "--epochs", 3, "--schedule", "cosine")
+        self.assertLess(seen[0], 1e-9)
+
+    def test_weight_decay_uses_adamw(self):
+        model = common.FashionNeuralNetwork()
+        self.assertIsInstance(common.make_optimizer(model, 0.003, 0.05, torch.device("cpu")), optim.AdamW)
+        self.assertIs(type(common.make_optimizer(model, 0.003, 0.0, torch.device("cpu"))), optim.Adam)
+
+
+# ----------------------------------------------------------------------------- step 4: inference
+
+class InferenceTests(TinyDataTestCase):
+    def setUp(self):
+        super().setUp()
+        self.train_script(dropout)
+        self.checkpoint = self.out_dir / "dropout.pt"
+
+    def test_inference_pictures_and_a_confusion_matrix_that_adds_up(self):
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        for name in ("inference.png", "confusion_matrix.png", "mistakes.png"):
+            self.assertTrue(is_png(self.out_dir / name), name)
+        correct, total = map(int, re.search(r"Test accuracy: [\d.]+ \((\d+) of (\d+) images\)", out).groups())
+        self.assertEqual(total, N_TEST)
+        model, _ = common.load_checkpoint(self.checkpoint, torch.device("cpu"))
+        _, testloader = self.load()
+        _, accuracy = common.evaluate(model, testloader, nn.NLLLoss(), torch.device("cpu"))
+        self.assertEqual(correct / total, accuracy)
+        self.assertIn("Confused most often:", out)
+
+    def test_probabilities_sum_to_one(self):
+        model, _ = common.load_checkpoint(self.checkpoint, torch.device("cpu"))
+        images = self.splits["t10k"][0][:5]
+        ps = torch.exp(model(common.normalize(images)))
+        torch.testing.assert_close(ps.sum(dim=1), torch.ones(5))
+
+    def test_own_image_with_a_light_background_is_inverted(self):
+        photo = Image.new("RGB", (120, 60), "white")       # wide: it must keep its aspect ratio
+        photo.paste((40, 40, 90), (30, 10, 90, 50))         # a dark garment
+        path = self.tmp / "photo.png"
+        photo.save(path)
+        img, inverted = common.prepare_image(path)
+        self.assertTrue(inverted)
+        self.assertEqual(img.shape, (1, 1, 28, 28))
+        self.assertEqual(img[0, 0, 0, 0].item(), -1.0)          # background now black
+        self.assertTrue((img[0, 0, :7] == -1).all())             # 120x60 -> 28x14, padded above and below
+        self.assertGreater(img[0, 0, 14, 14].item(), 0.0)         # garment now light
+        status, out, err = run_main(inference, *self.paths(), "--image", path)
+        self.assertEqual(status, 0, err)
+        self.assertIn("inverted", out)
+        self.assertTrue(is_png(self.out_dir / "inference_image.png"))
+
+    def test_missing_checkpoint_says_to_run_03_first(self):
+        status, out, err = run_main(inference, *self.paths(), "--checkpoint", self.tmp / "nothing.pt")
+        self.assertEqual(status, 2)
+        self.assertIn("python 03_dropout.py", err)
+
+
+# ----------------------------------------------------------------------------- mistakes a learner makes
+
+class MistakeTests(TinyDataTestCase):
+    def assert_refused(self, module, args, *phrases):
+        status, out, err = run_main(module, *self.paths(), *args)
+        self.assertEqual(status, 2, f"{args}: {err}")
+        for phrase in phrases:
+            self.assertIn(phrase, err, args)
+        self.assertNotIn("Traceback", err)
+        return err
+
+    def test_bad_flag_values_name_the_flag_and_the_range(self):
+        cases = [(baseline, ["--epochs", "0"], "--epochs", "at least 1"),
+                 (baseline, ["--epochs", "-3"], "--epochs", "at least 1"),
+                 (baseline, ["--batch-size", "0"], "--batch-size", "at least 1"),
+                 (baseline, ["--lr", "0"], "--lr", "greater than 0"),
+                 (baseline, ["--lr", "-1"], "--lr", "greater than 0"),
+                 (baseline, ["--lr", "nan"], "--lr", "greater than 0"),
+                 (dropout, ["--dropout", "1"], "--dropout", "from 0 up to but not including 1"),
+                 (dropout, ["--dropout", "-0.1"], "--dropout", "from 0 up to but not including 1"),
+                 (inference, ["--index", "-1"], "--index", "at least 0")]
+        for module, args, *phrases in cases:
+            with self.subTest(args=args):
+                self.assert_refused(module, args, *phrases)
+
+    def test_index_outside_the_test_set(self):
+        self.train_script(dropout)
+        self.assert_refused(inference, ["--index", str(N_TEST)], "--index", f"use 0 to {N_TEST - 1}")
+
+    def test_bad_checkpoints_each_get_one_sentence(self):
+        self.train_script(baseline)
+        good = torch.load(self.out_dir / "baseline.pt", weights_only=True)
+        wrong_shape = dict(good, state_dict={**good["state_dict"], "layer_input.weight": torch.zeros(100, 784)})
+        files = {"empty.pt": b"", "truncated.pt": (self.out_dir / "baseline.pt").read_bytes()[:5000],
+                 "text.pt": b"these are my notes, not weights\n"}
+        for name, data in files.items():
+            (self.tmp / name).write_bytes(data)
+        torch.save(good["state_dict"], self.tmp / "weights_only.pt")
+        torch.save(wrong_shape, self.tmp / "other_shape.pt")
+        cases = {"empty.pt": "empty, truncated", "truncated.pt": "empty, truncated", "text.pt": "empty, truncated",
+                 "weights_only.pt": "not a checkpoint of these scripts", "other_shape.pt": "another shape"}
+        for name, phrase in cases.items():
+            with self.subTest(name):
+                self.assert_refused(inference, ["--checkpoint", self.tmp / name], phrase)
+
+    def test_bad_images_each_get_one_sentence(self):
+        self.train_script(dropout)
+        (self.tmp / "notes.png").write_text("not an image")
+        Image.new("RGB", (30, 30), "white").save(self.tmp / "photo.gif")
+        cases = {"missing.png": "no image file", "notes.png": "not an image", "photo.gif": "GIF"}
+        for name, phrase in cases.items():
+            with self.subTest(name):
+                self.assert_refused(inference, ["--image", self.tmp / name], phrase)
+
+    def test_unavailable_device_names_the_available_ones(self):
+        for device, available in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())):
+            if not available:
+                self.assert_refused(baseline, ["--device", device], f"--device {device} is not available", "cpu")
+
+    def test_output_folder_that_is_a_file_or_not_writable(self):
+        (self.tmp / "a-file").write_text("")
+        with mock.patch.object(common, "load_data", side_effect=AssertionError("loaded data first")):
+            self.assert_refused(baseline, ["--out-dir", self.tmp / "a-file"], "is a file, not a folder")
+            if Path("/proc/self").is_dir():              # a folder no one can write to, even root
+                self.assert_refused(baseline, ["--out-dir", "/proc"], "cannot write to /proc")
+
+    def test_divergence_keeps_the_epochs_before_it(self):
+        real_train_one_epoch = common.train_one_epoch
+        calls = []
+
+        def poisoned(model, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:       # the second epoch blows up, as with too large a learning rate
+                with torch.no_grad():
+                    model.layer_input.weight.fill_(float("nan"))
+            return real_train_one_epoch(model, *args, **kwargs)
+
+        with mock.patch.object(common, "train_one_epoch", poisoned):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 3)
+        self.assertEqual(status, 1)
+        self.assertIn("smaller --lr", err)
+        history = json.loads((self.out_dir / "baseline_history.json").read_text())
+        self.assertEqual([h["epoch"] for h in history], [1])
+        self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
+        for name in ("baseline.pt", "baseline_best.pt"):
+            checkpoint = torch.load(self.out_dir / name, weights_only=True)
+            self.assertEqual(checkpoint["epoch"], 1)
+            self.assertTrue(all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values()))
+
+    def test_a_huge_learning_rate_stops_with_advice(self):
+        status, out, err = run_main(baseline, *self.paths(), "--epochs", 5, "--lr", 1e6)
+        self.assertEqual(status, 1, out + err)
+        self.assertIn("smaller --lr", err)
+        for name in ("baseline.pt", "baseline_best.pt"):
+            if (self.out_dir / name).exists():
+                checkpoint = torch.load(self.out_dir / name, weights_only=True)
+                self.assertTrue(all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values()))
+
+    def test_ctrl_c_keeps_the_completed_epochs_and_exits_130(self):
+        # A real Ctrl-C: a run in a subprocess, SIGINT once its first epoch line appears.
+        command = [sys.executable, str(HERE / "02_baseline.py"), *map(str, self.paths()), "--epochs", "100000"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.tmp,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            for line in process.stdout:
+                if line.startswith("Epoch: 1/"):
+                    process.send_signal(signal.SIGINT)
+                    break
+            out, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        self.assertEqual(process.returncode, 130, err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn("Interrupted during epoch", out)
+        history = json.loads((self.out_dir / "baseline_history.json").read_text())
+        self.assertEqual([h["epoch"] for h in history], list(range(1, len(history) + 1)))
+        self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
+        _, checkpoint = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
+        self.assertEqual(checkpoint["epoch"], len(history))
+        self.assertEqual(leftovers(self.out_dir), [])
+
+    def test_a_failed_write_leaves_the_old_file_and_no_temporary(self):
+        self.train_script(baseline)
+        path = self.out_dir / "baseline.pt"
+        before = path.read_bytes()
+        real_save = torch.save
+
+        def save_half_then_fail(obj, f, *args, **kwargs):
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            f.write(buffer.getvalue()[:1000])
+            raise OSError("disk full")
+
+        state = common.FashionNeuralNetwork().state_dict()
+        with mock.patch.object(torch, "save", save_half_then_fail), self.assertRaises(OSError):
+            common.save_checkpoint(path, state, 0.0, {"epoch": 9})
+        self.assertEqual(path.read_bytes(), before)
+        self.assertEqual(leftovers(self.out_dir), [])
+        with self.assertRaises(TypeError):             # json cannot write an object
+            common.write_json(self.out_dir / "new.json", {"x": object()})
+        self.assertFalse((self.out_dir / "new.json").exists())
+        self.assertEqual(leftovers(self.out_dir), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
