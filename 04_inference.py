@@ -7,6 +7,8 @@ image, or your own photo with --image, beside its 10 class probabilities (infere
 inference_image.png), then measures the whole test set: accuracy per class,
 confusion_matrix.png and mistakes.png.
 """
+from pathlib import Path
+
 import torch
 from matplotlib.figure import Figure
 
@@ -72,19 +74,22 @@ def main(argv=None):
     # ------------------------------------------------------------------ one image
     if args.image:
         img, inverted = common.prepare_image(args.image)
-        truth, path = f"your image{', inverted' if inverted else ''}", out_dir / "inference_image.png"
+        name = f"Your image {Path(args.image).name}"
+        truth = "inverted: its background was light" if inverted else "as given: its background was dark"
+        path = out_dir / "inference_image.png"
     else:
         img = images[args.index]
-        truth, path = f"true: {common.CLASSES[labels[args.index]]}", out_dir / "inference.png"
+        name, truth = f"Test image {args.index}", f"true: {common.CLASSES[labels[args.index]]}"
+        path = out_dir / "inference.png"
     img = img.view(1, 784)                          # the network wants (1, 784)
     with torch.no_grad():
         output = model(img.to(device))              # log-probabilities
     ps = torch.exp(output)                          # probabilities, summing to 1
     top_p, top_class = ps.topk(3, dim=1)
-    print(f"{'Your image' if args.image else f'Test image {args.index}'} ({truth}); the network's top 3:")
+    print(f"{name} ({truth}); the network's top 3:")
     for p, c in zip(top_p[0].tolist(), top_class[0].tolist()):
         print(f"  {common.CLASSES[c]:<12} {p:.3f}")
-    title = f"Predicted: {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), {truth}"
+    title = f"{name}: predicted {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), {truth}"
     common.save_figure(common.view_classify(img, ps, title), path)
     print(f"Wrote {path}")
 

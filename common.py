@@ -552,7 +552,7 @@ def view_classify(img, ps, title):
 
 
 def prepare_image(path):
-    """A learner's own PNG or JPEG as the network expects it: 28x28, light clothes on black, normalised.
+    """A learner's own PNG or JPEG as the network expects it: 28x28, light garment on black, normalised.
 
     Returns the image (1, 1, 28, 28) and whether it was inverted (its background was light).
     """
@@ -570,13 +570,23 @@ def prepare_image(path):
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     gray = image.convert("L")
-    pixels = pil_to_tensor(gray)[0]                                        # (H, W) uint8
-    border = torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).float()
-    # Fashion-MNIST shows light clothes on a black background; most photos have a light one.
-    inverted = border.mean().item() > 127
+    # Fashion-MNIST shows light clothes on black; most photos are the reverse.
+    inverted = _border(gray).mean().item() > 127
     if inverted:
         gray = ImageOps.invert(gray)
+    # Then as Fashion-MNIST's own images were made: the background set to black, the picture trimmed
+    # to the garment, its longest side scaled to 28 pixels, centred on a black square.
+    background, top = _border(gray).quantile(0.9).item(), gray.getextrema()[1]
+    gray = gray.point(lambda p: 0 if p <= background else round(255 * (p - background) / (top - background)))
+    if gray.getbbox():
+        gray = gray.crop(gray.getbbox())
     gray = ImageOps.contain(gray, (28, 28), Image.Resampling.LANCZOS)     # keeps the aspect ratio
     canvas = Image.new("L", (28, 28), 0)
     canvas.paste(gray, ((28 - gray.width) // 2, (28 - gray.height) // 2))
     return normalize(pil_to_tensor(canvas)), inverted
+
+
+def _border(gray):
+    """The outermost pixels of a grayscale PIL image, as floats."""
+    pixels = pil_to_tensor(gray)[0].float()                              # (H, W)
+    return torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
