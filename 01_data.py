@@ -71,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run_script(main)

@@ -25,18 +25,22 @@ def main(argv=None):
                              "as the tutorial does")
     parser.add_argument("--schedule", choices=("none", "cosine"), default="none",
                         help="learning rate schedule: cosine decays it to zero over the run, batch by batch")
+    parser.add_argument("--augment", choices=("none", "shift", "shift+flip"), default="none",
+                        help="random shifts of up to 2 pixels (and left-right mirroring) of the training batches")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     device = common.get_device(args.device)
     out_dir = common.prepare_out_dir(args.out_dir)
     print(f"Settings: dropout {args.dropout}, epochs {args.epochs}, batch size {args.batch_size}, lr {args.lr}, "
-          f"weight decay {args.weight_decay}, schedule {args.schedule}, validation split {args.val_split}, "
-          f"seed {args.seed}, device {device}")
+          f"weight decay {args.weight_decay}, schedule {args.schedule}, augment {args.augment}, "
+          f"validation split {args.val_split}, seed {args.seed}, device {device}")
     trainloader, testloader = common.load_data(args.data_dir, args.batch_size, download=not args.no_download)
     valloader, val_name = testloader, "test"                  # the tutorial validates on the test set
     if args.val_split:
         trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed)
         val_name = "validation"
+    if args.augment != "none":
+        trainloader = common.Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
 
     # ------------------------------------------------------------------ "Now let's train this model!"
     model = common.FashionNeuralNetwork(dropout=args.dropout).to(device)
@@ -61,7 +65,7 @@ def main(argv=None):
     common.print_summary(run)
 
     baseline = common.read_history(out_dir / "baseline_history.json")
-    if baseline and run.history:
+    if baseline and run.history and baseline.val_name == run.val_name:       # validated on the same set
         path = out_dir / "baseline_vs_dropout.png"
         common.save_figure(common.plot_losses({"without dropout": baseline, f"dropout {args.dropout}": run},
                                               "Dropout keeps the validation loss down"), path)
@@ -74,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run_script(main)

@@ -32,10 +32,10 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "outputs"
 SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")       # Debian's dataset-fashion-mnist
 # The four IDX files torchvision reads from ROOT/FashionMNIST/raw/, with their IDX magic number:
 # 0x0803 = unsigned bytes in 3 dimensions (images), 0x0801 = unsigned bytes in 1 dimension (labels).
-# A loss per image above this means the training has blown up: the untrained network's is ln(10) = 2.3.
-DIVERGED_LOSS = 100.0
 RAW_FILES = {"train-images-idx3-ubyte": 0x0803, "train-labels-idx1-ubyte": 0x0801,
              "t10k-images-idx3-ubyte": 0x0803, "t10k-labels-idx1-ubyte": 0x0801}
+# A loss per image above this means the training has blown up: the untrained network's is ln(10) = 2.3.
+DIVERGED_LOSS = 100.0
 
 
 # ----------------------------------------------------------------------------- errors and files
@@ -79,7 +79,7 @@ def prepare_out_dir(out_dir):
     return out_dir
 
 
-def run(main):
+def run_script(main):
     """Run a script's main() for the command line: its return value is the exit status; Ctrl-C ends quietly."""
     try:
         sys.exit(main())
@@ -232,10 +232,9 @@ def ensure_raw_files(data_dir, download=True):
                 print(f"Unpacked {source} -> {raw / name}")
                 del needed[name]
                 break
-            if folder == raw:       # a damaged download: torchvision will fetch it again
-                source.unlink()
-            else:
-                fail(f"the local copy {source} is damaged ({bad}): reinstall dataset-fashion-mnist or replace that file.")
+            if folder == raw:
+                fail(f"{source} is damaged ({bad}): delete it and run again to fetch a fresh copy.")
+            fail(f"the local copy {source} is damaged ({bad}): reinstall dataset-fashion-mnist or replace that file.")
     if needed and download:
         for name in needed:
             (raw / name).unlink(missing_ok=True)
@@ -256,9 +255,13 @@ def ensure_raw_files(data_dir, download=True):
 
 def load_datasets(data_dir, download=True):
     """The two splits as torchvision datasets, with their uint8 images in .data (N, 28, 28)."""
-    ensure_raw_files(data_dir, download)
-    root = Path(data_dir).expanduser()
-    return datasets.FashionMNIST(root, train=True), datasets.FashionMNIST(root, train=False)
+    raw = ensure_raw_files(data_dir, download)
+    splits = [datasets.FashionMNIST(Path(data_dir).expanduser(), train=train) for train in (True, False)]
+    for split, prefix in zip(splits, ("train", "t10k")):
+        if len(split.data) != len(split.targets):
+            fail(f"{raw}/{prefix}-images-idx3-ubyte holds {len(split.data)} images but its labels file "
+                 f"{len(split.targets)} labels: delete both and run again to fetch a matching pair.")
+    return splits
 
 
 def normalize(data):
@@ -295,6 +298,30 @@ def hold_out(trainloader, n, seed):
     val, train = order[:n], order[n:]
     return (make_loader(images[train], labels[train], trainloader.batch_size, shuffle=True),
             make_loader(images[val], labels[val], trainloader.batch_size, shuffle=False))
+
+
+class Augmented:
+    """A trainloader whose batches come randomly shifted by up to `shift` pixels, and, with flip,
+    mirrored left-right: labels stay true, and whole batches at once keep the epoch fast (03 --augment)."""
+
+    def __init__(self, loader, shift=2, flip=False):
+        self.loader, self.dataset, self.shift, self.flip = loader, loader.dataset, shift, flip
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        s = self.shift
+        for images, labels in self.loader:                                   # (B, 1, 28, 28)
+            b = len(images)
+            if self.flip:
+                mirror = torch.rand(b, 1, 1, 1) < 0.5
+                images = torch.where(mirror, images.flip(-1), images)
+            padded = F.pad(images, (s, s, s, s), value=-1.0)                  # black border, (B, 1, 28+2s, 28+2s)
+            dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))
+            rows = (torch.arange(28) + dy)[:, :, None]                         # (B, 28, 1)
+            cols = (torch.arange(28) + dx)[:, None, :]                         # (B, 1, 28)
+            yield padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1), labels
 
 
 # ----------------------------------------------------------------------------- network (step 2)
@@ -335,16 +362,23 @@ def make_optimizer(model, lr, weight_decay, device):
 
 @dataclass
 class TrainingRun:
-    """What train() returns: the history of the completed epochs, the best and the last weights."""
+    """What train() returns: the history of the completed epochs, and the weights of the last and the best."""
     history: list = field(default_factory=list)   # one dict per completed epoch
     val_name: str = "test"                         # the set validated on each epoch: "test" or "validation"
-    best_state: dict = None
-    last_state: dict = None
+    states: dict = field(default_factory=dict)     # epoch -> weights, kept for the last and the best epoch
     stopped: str = None                            # None, "interrupted" or "diverged"
 
     @property
     def best(self):
         return min(self.history, key=lambda h: h[f"{self.val_name}_loss"]) if self.history else None
+
+    @property
+    def last_state(self):
+        return self.states[self.history[-1]["epoch"]] if self.history else None
+
+    @property
+    def best_state(self):
+        return self.states[self.best["epoch"]] if self.history else None
 
     @property
     def exit_status(self):
@@ -405,18 +439,19 @@ def train(model, trainloader, valloader, optimizer, loss_function, epochs, devic
                 print(f"Epoch: {epoch}/{epochs}..  Training Loss: {train_loss:.3g}..  {label} Loss: {val_loss:.3g}: "
                       "the training has blown up.")
                 break
+            # The weights first, then the record: a Ctrl-C between the two lines never leaves an
+            # epoch in the history without its weights.
+            run.states[epoch] = _copy_state(model)
             run.history.append({"epoch": epoch, "train_loss": train_loss, f"{val_name}_loss": val_loss,
                                 f"{val_name}_accuracy": val_accuracy,
                                 "seconds": round(time.perf_counter() - start, 3)})
-            run.last_state = _copy_state(model)
-            if run.best["epoch"] == epoch:
-                run.best_state = run.last_state
+            run.states = {e: run.states[e] for e in {epoch, run.best["epoch"]}}
             print(f"Epoch: {epoch}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{label} Loss: {val_loss:.3f}..  {label} Accuracy: {val_accuracy:.3f}", flush=True)
     except KeyboardInterrupt:
         run.stopped = "interrupted"
         print(f"\nInterrupted during epoch {len(run.history) + 1}.")
-    if run.last_state is not None:
+    if run.history:
         model.load_state_dict(run.last_state)
     return run
 
@@ -471,8 +506,9 @@ def plot_losses(runs, title):
         val_key = f"{run.val_name}_loss"
         prefix = f"{name}: " if len(runs) > 1 else ""
         ax.plot(epochs, [h["train_loss"] for h in run.history], "--", color=color, label=f"{prefix}training loss")
+        source = "the test set" if run.val_name == "test" else "held-out training images"
         ax.plot(epochs, [h[val_key] for h in run.history], "-", color=color,
-                label=f"{prefix}validation loss ({run.val_name} set)")
+                label=f"{prefix}validation loss ({source})")
         best = run.best
         ax.plot(best["epoch"], best[val_key], "o", color=color, markersize=8, markerfacecolor="none",
                 markeredgewidth=2, label=f"{prefix}lowest validation loss, epoch {best['epoch']}")

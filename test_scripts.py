@@ -229,6 +229,13 @@ class DamagedDataTests(TinyDataTestCase):
         self.assertFalse(self.raw().exists())
         self.assertEqual(leftovers(self.data_dir), [])
 
+    def test_images_and_labels_that_do_not_match_are_refused(self):
+        self.load()
+        self.raw("t10k-labels-idx1-ubyte").write_bytes(idx_bytes(torch.zeros(N_TEST - 1, dtype=torch.uint8)))
+        status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn(f"holds {N_TEST} images but its labels file {N_TEST - 1} labels", err)
+
     def test_an_idx_file_of_the_wrong_kind_is_refused(self):
         self.load()
         self.raw().write_bytes(self.raw("train-labels-idx1-ubyte").read_bytes())
@@ -406,6 +413,19 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         with mock.patch.object(common, "train", spy):
             self.train_script(dropout, "--epochs", 3, "--schedule", "cosine")
         self.assertLess(seen[0], 1e-9)
+
+    def test_augmentation_shifts_and_mirrors_whole_batches_and_keeps_labels(self):
+        images = torch.rand(8, 1, 28, 28) * 2 - 1
+        labels = torch.arange(8)
+        loader = common.Augmented(common.make_loader(images, labels, 8, shuffle=False), shift=2, flip=True)
+        torch.manual_seed(0)
+        (augmented, same_labels), = list(loader)
+        self.assertTrue(torch.equal(same_labels, labels))
+        for image, result in zip(images, augmented):
+            candidates = [F.pad(source, (2, 2, 2, 2), value=-1.0)[:, dy:dy + 28, dx:dx + 28]
+                          for source in (image, image.flip(-1)) for dy in range(5) for dx in range(5)]
+            self.assertTrue(any(torch.equal(result, c) for c in candidates))
+        self.assertFalse(torch.equal(augmented, images))
 
     def test_weight_decay_uses_adamw(self):
         model = common.FashionNeuralNetwork()
