@@ -481,7 +481,7 @@ def load_checkpoint(path, device):
     path = Path(path).expanduser()
     redo = "run 02_baseline.py or 03_dropout.py again to write a fresh one, or pass another --checkpoint"
     if not path.is_file():
-        fail(f"no checkpoint at {path}: run `python 03_dropout.py` first, or pass --checkpoint PATH.")
+        fail(f"no checkpoint at {path}: run python 03_dropout.py first, or pass --checkpoint PATH.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -489,10 +489,10 @@ def load_checkpoint(path, device):
         fail(f"{path} is empty, truncated or not a PyTorch checkpoint: {redo}.")
     if not isinstance(checkpoint, dict) or not {"state_dict", "dropout", "epoch"} <= checkpoint.keys():
         fail(f"{path} is not a checkpoint of these scripts (it lacks state_dict, dropout and epoch): {redo}.")
-    model = FashionNeuralNetwork(dropout=checkpoint["dropout"])
     try:
+        model = FashionNeuralNetwork(dropout=checkpoint["dropout"])
         model.load_state_dict(checkpoint["state_dict"])
-    except (RuntimeError, TypeError, AttributeError):
+    except (RuntimeError, TypeError, ValueError, AttributeError):
         fail(f"{path} holds a network of another shape than 784-256-128-64-10: {redo}.")
     return model.to(device).eval(), checkpoint
 
@@ -536,13 +536,15 @@ def save_run(name, run, dropout, out_dir, title):
 
 
 def read_history(path):
-    """A history written by save_run, or None when there is none (03_dropout.py's comparison)."""
+    """A history written by save_run, or None when there is none or it is unreadable (03_dropout.py's comparison)."""
     try:
         history = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return TrainingRun(history=history, val_name="validation" if "validation_loss" in history[0] else "test") \
-        if isinstance(history, list) and history else None
+        val_name = "validation" if "validation_loss" in history[0] else "test"
+        if all({"epoch", "train_loss", f"{val_name}_loss", f"{val_name}_accuracy"} <= h.keys() for h in history):
+            return TrainingRun(history=history, val_name=val_name)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        pass
+    return None
 
 
 def print_summary(run):

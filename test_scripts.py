@@ -357,6 +357,16 @@ class TrainingScriptTests(TinyDataTestCase):
         self.assertIn("Without dropout:", out)
         self.assertIn("Dropout 0.2:", out)
 
+    def test_03_dropout_skips_a_broken_or_incomparable_baseline_history(self):
+        self.out_dir.mkdir()
+        for text in ('{"not": "a list"}', "[1, 2]", "half a file ["):
+            (self.out_dir / "baseline_history.json").write_text(text)
+            self.train_script(dropout)
+            self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists(), text)
+        self.train_script(baseline)
+        self.train_script(dropout, "--val-split", 60)     # validated on another set: no comparison
+        self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists())
+
     def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(self):
         self.train_script(baseline, "--epochs", 4, "--lr", 0.05)
         history = json.loads((self.out_dir / "baseline_history.json").read_text())
