@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import zlib
 from contextlib import contextmanager
@@ -69,9 +70,8 @@ def prepare_out_dir(out_dir):
     out_dir = Path(out_dir).expanduser()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out_dir / ".write-test"):
+        with tempfile.NamedTemporaryFile(dir=out_dir):
             pass
-        (out_dir / ".write-test").unlink()
     except FileExistsError:
         fail(f"{out_dir} is a file, not a folder: remove it or pass another --out-dir.")
     except OSError as e:
@@ -559,7 +559,8 @@ def print_summary(run):
         print(f"Final validation loss:  {last[f'{v}_loss']:.3f} at epoch {last['epoch']}, {rise:.3f} above its "
               f"lowest ({rise / best[f'{v}_loss']:.0%}){': overfitting' if rise > 0.02 else ''}")
         print(f"Final {v} accuracy:    {last[f'{v}_accuracy']:.3f}")
-        print(f"Time: {seconds:.1f} s for {len(run.history)} epochs, {seconds / len(run.history):.2f} s per epoch")
+        n = len(run.history)
+        print(f"Time: {seconds:.1f} s for {n} epoch{'s' * (n > 1)}, {seconds / n:.2f} s per epoch")
     if run.stopped == "diverged":
         print(f"error: the training diverged at epoch {len(run.history) + 1} (a loss above {DIVERGED_LOSS:g} "
               "or not a number): try a smaller --lr, such as the default 0.003.", file=sys.stderr)

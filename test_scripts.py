@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn, optim
+from torch.utils.data import SequentialSampler
 from torchvision import datasets, transforms
 
 import common
@@ -156,7 +157,7 @@ class DataTests(TinyDataTestCase):
         images, labels = next(iter(trainloader))
         self.assertEqual(images.shape, torch.Size([64, 1, 28, 28]))
         self.assertEqual(labels.shape, torch.Size([64]))
-        self.assertFalse(testloader.sampler.__class__.__name__ == "RandomSampler")
+        self.assertIsInstance(testloader.sampler, SequentialSampler)      # the test set is not shuffled
 
     def test_local_copy_is_unpacked_into_the_raw_folder(self):
         self.load()
@@ -514,6 +515,7 @@ class MistakeTests(TinyDataTestCase):
                  (baseline, ["--lr", "nan"], "--lr", "greater than 0"),
                  (dropout, ["--dropout", "1"], "--dropout", "from 0 up to but not including 1"),
                  (dropout, ["--dropout", "-0.1"], "--dropout", "from 0 up to but not including 1"),
+                 (dropout, ["--val-split", str(N_TRAIN)], "--val-split", f"from 1 to {N_TRAIN - 1}"),
                  (inference, ["--index", "-1"], "--index", "at least 0")]
         for module, args, *phrases in cases:
             with self.subTest(args=args):
