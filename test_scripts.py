@@ -230,6 +230,24 @@ class DamagedDataTests(TinyDataTestCase):
         self.assertFalse(self.raw().exists())
         self.assertEqual(leftovers(self.data_dir), [])
 
+    def test_a_broken_gz_in_the_raw_folder_or_a_truncated_plain_local_copy_is_named(self):
+        raw_gz = self.raw().with_name("train-images-idx3-ubyte.gz")
+        raw_gz.parent.mkdir(parents=True)
+        raw_gz.write_bytes(b"not gzip at all")
+        status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn(f"{raw_gz} is damaged", err)
+        raw_gz.unlink()
+        plain = self.tmp / "plain-copy"
+        write_fake_fashion_mnist(plain, gz=False)
+        self.truncate(plain / "train-images-idx3-ubyte")
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(plain)}):
+            status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 2)
+        self.assertIn(f"the local copy {plain / 'train-images-idx3-ubyte'} is damaged", err)
+        self.assertFalse(self.raw().exists())
+        self.assertEqual(leftovers(self.data_dir), [])
+
     def test_images_and_labels_that_do_not_match_are_refused(self):
         self.load()
         self.raw("t10k-labels-idx1-ubyte").write_bytes(idx_bytes(torch.zeros(N_TEST - 1, dtype=torch.uint8)))
