@@ -63,9 +63,9 @@ def main(argv=None):
     out_dir = common.prepare_out_dir(args.out_dir)
 
     # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval().
-    model, checkpoint = common.load_checkpoint(args.checkpoint or out_dir / "dropout.pt", device)
-    print(f"Loaded {args.checkpoint or out_dir / 'dropout.pt'}: dropout {checkpoint['dropout']}, "
-          f"epoch {checkpoint['epoch']}")
+    checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
+    model, checkpoint = common.load_checkpoint(checkpoint_path, device)
+    print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
     _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
     images, labels = common.normalize(testdataset.data), testdataset.targets     # (N, 1, 28, 28), (N,)
     if args.index >= len(images):
@@ -99,17 +99,17 @@ def main(argv=None):
     correct, total = confusion.diag().sum().item(), confusion.sum().item()
     print(f"Test accuracy: {correct / total:.4f} ({correct} of {total} images)")
     print(f"{'class':<12} accuracy")
-    for name, right, total in zip(common.CLASSES, confusion.diag().tolist(), confusion.sum(dim=1).tolist()):
-        print(f"{name:<12} {right / total if total else float('nan'):.3f}")
+    for class_name, right, count in zip(common.CLASSES, confusion.diag().tolist(), confusion.sum(dim=1).tolist()):
+        print(f"{class_name:<12} {right / count if count else float('nan'):.3f}")
     pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
     a, b = divmod(pairs.argmax().item(), 10)
     print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, {pairs[a, b].item()} times "
           f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
           f"{confusion[b, a].item()} the other way)")
-    for name, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
-                      ("mistakes.png", plot_mistakes(images, labels, preds))):
-        common.save_figure(fig, out_dir / name)
-        print(f"Wrote {out_dir / name}")
+    for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
+                          ("mistakes.png", plot_mistakes(images, labels, preds))):
+        common.save_figure(fig, out_dir / filename)
+        print(f"Wrote {out_dir / filename}")
     return 0
 
 
