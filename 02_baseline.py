@@ -52,7 +52,7 @@ def main(argv=None):
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is
     # early stopping. L2 regularisation is weight decay (--weight-decay). baseline_best.pt keeps
     # the early-stopping weights, baseline.pt those of the last epoch.
-    common.save_run("baseline", run, 0.0, out_dir, "Without dropout: the validation loss turns upward")
+    common.save_run("baseline", run, 0.0, out_dir, "Without dropout: training and validation loss")
     common.print_summary(run)
     return run.exit_status
 

@@ -61,14 +61,15 @@ def main(argv=None):
         print(f"Test set, once, with the weights of epoch {run.best['epoch']}: "
               f"loss {run.best['test_loss']:.3f}, accuracy {run.best['test_accuracy']:.3f}")
 
-    common.save_run("dropout", run, args.dropout, out_dir, f"With dropout p={args.dropout}: the losses stay together")
+    common.save_run("dropout", run, args.dropout, out_dir,
+                    f"With dropout p={args.dropout}: training and validation loss")
     common.print_summary(run)
 
     baseline = common.read_history(out_dir / "baseline_history.json")
     if baseline and run.history and baseline.val_name == run.val_name:       # validated on the same set
         path = out_dir / "baseline_vs_dropout.png"
         common.save_figure(common.plot_losses({"without dropout": baseline, f"dropout {args.dropout}": run},
-                                              "Dropout keeps the validation loss down"), path)
+                                              "Without and with dropout: training and validation loss"), path)
         for name, r in (("Without dropout", baseline), (f"Dropout {args.dropout}", run)):
             last = r.history[-1]
             print(f"{name + ':':<17} final validation loss {last[f'{r.val_name}_loss']:.3f}, "
