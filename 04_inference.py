@@ -55,7 +55,7 @@ def plot_mistakes(images, labels, preds, columns=8, rows=4):
 def main(argv=None):
     parser = common.make_parser(__doc__)
     common.add_device_arg(parser)
-    parser.add_argument("--checkpoint", help="checkpoint to load (default: OUT_DIR/dropout.pt)")
+    parser.add_argument("--checkpoint", help="checkpoint to load; OUT_DIR/dropout.pt if not given")
     parser.add_argument("--index", type=common.non_negative_int, default=0, help="test image to classify")
     parser.add_argument("--image", help="classify your own PNG or JPEG instead of a test image")
     args = parser.parse_args(argv)
@@ -78,12 +78,12 @@ def main(argv=None):
         truth = "inverted: its background was light" if inverted else "as given: its background was dark"
         path = out_dir / "inference_image.png"
     else:
-        img = images[args.index]
+        img = images[args.index]                    # the tutorial's images[0], with --index to pick another
         name, truth = f"Test image {args.index}", f"true: {common.CLASSES[labels[args.index]]}"
         path = out_dir / "inference.png"
     img = img.view(1, 784)                          # the network wants (1, 784)
     with torch.no_grad():
-        output = model(img.to(device))              # log-probabilities
+        output = model(img.to(device))              # log-probabilities; model(x) runs model.forward(x)
     ps = torch.exp(output)                          # probabilities, summing to 1
     top_p, top_class = ps.topk(3, dim=1)
     print(f"{name} ({truth}); the network's top 3:")
