@@ -89,7 +89,7 @@ def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_functio
     """The same training with a validation split, a learning rate schedule or augmented batches."""
     valloader, validated_on = testloader, "test"
     if args.val_split:
-        trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed)
+        trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed, args.batch_size)
         validated_on = "validation"
     if args.augment != "none":
         trainloader = common.Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")

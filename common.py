@@ -24,7 +24,7 @@ import torch.nn.functional as F          # the tutorial's "from torch.functional
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from torchvision import datasets
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -226,7 +226,14 @@ def normalize(data):
 
 
 def make_loader(images, labels, batch_size, shuffle):
-    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle)
+    """The tutorial's DataLoader, shuffled or not, taking each batch with one indexing of the whole tensors.
+
+    DataLoader(dataset, batch_size=64, shuffle=True) would fetch the 64 images one by one and stack
+    them: a third of a fast epoch. The same samplers give the same batches in the same order.
+    """
+    dataset = TensorDataset(images, labels)
+    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
 
 
 # ============================================================================= plumbing
@@ -350,15 +357,15 @@ def print_summary(run):
 
 # ----------------------------------------------------------------------------- beyond the tutorial (03_dropout.py)
 
-def hold_out(trainloader, n, seed):
+def hold_out(trainloader, n, seed, batch_size):
     """Split n training images off as a validation set, the same ones for the same seed (--val-split)."""
     images, labels = trainloader.dataset.tensors
     if not 0 < n < len(images):
         fail(f"--val-split {n} must leave training images: use a number from 1 to {len(images) - 1}.")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     val, train = order[:n], order[n:]
-    return (make_loader(images[train], labels[train], trainloader.batch_size, shuffle=True),
-            make_loader(images[val], labels[val], trainloader.batch_size, shuffle=False))
+    return (make_loader(images[train], labels[train], batch_size, shuffle=True),
+            make_loader(images[val], labels[val], batch_size, shuffle=False))
 
 
 class Augmented:

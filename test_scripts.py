@@ -157,7 +157,7 @@ class DataTests(TinyDataTestCase):
         images, labels = next(iter(trainloader))
         self.assertEqual(images.shape, torch.Size([64, 1, 28, 28]))
         self.assertEqual(labels.shape, torch.Size([64]))
-        self.assertIsInstance(testloader.sampler, SequentialSampler)      # the test set is not shuffled
+        self.assertIsInstance(testloader.sampler.sampler, SequentialSampler)      # the test set is not shuffled
 
     def test_local_copy_is_unpacked_into_the_raw_folder(self):
         self.load()
@@ -409,7 +409,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         trainloader, _ = self.load()
         images = trainloader.dataset.tensors[0]
         key = lambda t: {tuple(x.flatten().tolist()[:200]) for x in t}
-        splits = [common.hold_out(trainloader, 50, seed) for seed in (3, 3, 4)]
+        splits = [common.hold_out(trainloader, 50, seed, 64) for seed in (3, 3, 4)]
         (train_a, val_a), (train_b, val_b), (_, val_c) = splits
         self.assertEqual((len(train_a.dataset), len(val_a.dataset)), (N_TRAIN - 50, 50))
         self.assertFalse(key(train_a.dataset.tensors[0]) & key(val_a.dataset.tensors[0]))
