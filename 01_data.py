@@ -15,19 +15,21 @@ SAMPLES_PER_CLASS = 8
 
 
 def plot_samples(images, labels, per_class=SAMPLES_PER_CLASS):
-    """One row per class, `per_class` training images in each, in grayscale."""
+    """One row per class, the first `per_class` training images of each, tiled into one grayscale picture."""
+    gap = 2                                                   # pixels of white between the images
+    grid = torch.full((10 * (28 + gap), per_class * (28 + gap)), 255, dtype=torch.uint8)
+    for label in range(10):
+        for column, index in enumerate((labels == label).nonzero().view(-1)[:per_class].tolist()):
+            top, left = label * (28 + gap), column * (28 + gap)
+            grid[top:top + 28, left:left + 28] = images[index]
     fig = Figure(figsize=(per_class * 0.9 + 1.6, 10 * 0.95), layout="constrained")
-    axes = fig.subplots(10, per_class)
-    for label, row in enumerate(axes):
-        picks = (labels == label).nonzero().view(-1)[:per_class]
-        for ax, index in zip(row, picks):
-            ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(False)
-        row[0].set_ylabel(common.CLASSES[label], rotation=0, ha="right", va="center", fontsize=11)
-    fig.suptitle("Fashion-MNIST training images, one row per class", fontsize=12)
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
+    ax.set_yticks([label * (28 + gap) + 14 for label in range(10)], common.CLASSES, fontsize=11)
+    ax.set_xticks([])
+    ax.spines[:].set_visible(False)
+    ax.tick_params(length=0)
+    ax.set_title("Fashion-MNIST training images, one row per class", fontsize=12)
     return fig
 
 

@@ -40,15 +40,20 @@ def plot_confusion_matrix(confusion):
 
 
 def plot_mistakes(images, labels, preds, columns=8, rows=4):
-    """The first misclassified test images, each labelled with what the network said and the truth."""
-    wrong = (preds != labels).nonzero().view(-1)[:columns * rows]
+    """The first misclassified test images, tiled, each under what the network said and the truth."""
+    wrong = (preds != labels).nonzero().view(-1)[:columns * rows].tolist()
+    width, height = 28 + 6, 28 + 18                   # a tile: the image, with room for two lines above it
+    grid = torch.ones(rows * height, columns * width)                  # white: 1 in [-1, 1]
     fig = Figure(figsize=(columns * 1.3, rows * 1.6), layout="constrained")
-    for ax, index in zip(fig.subplots(rows, columns).flat, wrong.tolist()):
-        ax.imshow(images[index].view(28, 28), cmap="gray", vmin=-1, vmax=1)
-        ax.set_title(f"{common.CLASSES[preds[index]]}\n(is {common.CLASSES[labels[index]]})", fontsize=7)
-    for ax in fig.axes:
-        ax.set_axis_off()
-    fig.suptitle("Mistakes: what the network said (and the truth)")
+    ax = fig.subplots()
+    for n, index in enumerate(wrong):
+        top, left = (n // columns) * height + 16, (n % columns) * width + 3
+        grid[top:top + 28, left:left + 28] = images[index].view(28, 28)
+        ax.text(left + 14, top - 2, f"{common.CLASSES[preds[index]]}\n(is {common.CLASSES[labels[index]]})",
+                ha="center", va="bottom", fontsize=7)
+    ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
+    ax.set_axis_off()
+    ax.set_title("Mistakes: what the network said (and the truth)")
     return fig
 
 

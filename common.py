@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -124,9 +125,10 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             # Print the result: the tutorial's line, with its numbers per image
             print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{name} Loss: {test_loss:.3f}..  {name} Accuracy: {accuracy:.3f}", flush=True)
-    except KeyboardInterrupt:
-        print(f"\nInterrupted during epoch {len(accuracies) + 1}.")
-        return Run(validated_on, train_losses, test_losses, accuracies, kept, "interrupted")
+    except KeyboardInterrupt as stop:           # Ctrl-C, or SIGTERM (see run_script)
+        stopped = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\n{stopped.capitalize()} during epoch {len(accuracies) + 1}.")
+        return Run(validated_on, train_losses, test_losses, accuracies, kept, stopped)
     return Run(validated_on, train_losses, test_losses, accuracies, kept)
 
 
@@ -272,7 +274,7 @@ class Run:
     test_losses: list = field(default_factory=list)
     accuracies: list = field(default_factory=list)
     kept: Kept = field(default_factory=Kept)
-    stopped: str = None                # None, "interrupted" or "diverged"
+    stopped: str = None                # None, "diverged", "interrupted" (Ctrl-C) or "terminated" (SIGTERM)
     test_of_best: dict = None          # with a validation split: the test set's verdict on the best epoch
 
     def __post_init__(self):
@@ -290,7 +292,7 @@ class Run:
 
     @property
     def exit_status(self):
-        return {None: 0, "diverged": 1, "interrupted": 130}[self.stopped]
+        return {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143}[self.stopped]
 
     def state(self, epoch):
         return self.kept.states[epoch]
@@ -351,7 +353,7 @@ def print_summary(run):
     if run.stopped == "diverged":
         print(f"error: the training diverged at epoch {run.epochs + 1} (a loss above {DIVERGED_LOSS:g} "
               "or not a number): try a smaller --lr, such as the default 0.003.", file=sys.stderr)
-    elif run.stopped == "interrupted":
+    elif run.stopped in ("interrupted", "terminated"):
         print(f"Kept the {run.epochs} completed epochs; run again to train all of them.", file=sys.stderr)
 
 
@@ -400,13 +402,23 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (from kill, timeout or a container's stop), raised where a Ctrl-C would be: the same polite stop."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_script(main):
-    """Run a script's main() for the command line: its return value is the exit status; Ctrl-C ends quietly."""
+    """Run a script's main() for the command line: its return value is the exit status; Ctrl-C and SIGTERM
+    end quietly, with the shell's statuses 130 and 143."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("\nInterrupted: the files already written are complete.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 from pathlib import Path
 from unittest import mock
@@ -131,6 +132,20 @@ class TinyDataTestCase(unittest.TestCase):
         status, out, err = run_main(module, *self.paths(), "--epochs", 1, *args)
         self.assertEqual(status, 0, err)
         return out
+
+    _trained = {}
+
+    def use_trained_dropout(self):
+        """Put a dropout.pt from one epoch of 03_dropout.py in the output folder, trained once per class."""
+        cls = type(self)
+        if cls not in self._trained:
+            folder = Path(cls._tmp_class.name) / "trained"
+            status, out, err = run_main(dropout, "--data-dir", folder / "data", "--out-dir", folder,
+                                        "--no-download", "--epochs", 1)
+            self.assertEqual(status, 0, err)
+            self._trained[cls] = (folder / "dropout.pt").read_bytes()
+        self.out_dir.mkdir(exist_ok=True)
+        (self.out_dir / "dropout.pt").write_bytes(self._trained[cls])
 
 
 # ----------------------------------------------------------------------------- step 1: data
@@ -383,12 +398,17 @@ class TrainingScriptTests(TinyDataTestCase):
         self.assertIn("Dropout 0.2:", out)
 
     def test_03_dropout_skips_a_broken_or_incomparable_baseline_history(self):
+        self.tmp.joinpath("history.json").write_text("half a file [")
         self.out_dir.mkdir()
+        (self.out_dir / "baseline_history.json").write_text("half a file [")
+        self.train_script(dropout)
+        self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists())
         for text in ('{"not": "a history"}', "[1, 2]", "half a file [", '{"validated_on": "test", "train_losses": [], '
-                     '"test_losses": [], "accuracies": [], "seconds": []}'):
-            (self.out_dir / "baseline_history.json").write_text(text)
-            self.train_script(dropout)
-            self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists(), text)
+                     '"test_losses": [], "accuracies": [], "seconds": []}',
+                     '{"validated_on": "test", "train_losses": ["a"], "test_losses": [1], "accuracies": [1], '
+                     '"seconds": [1]}'):
+            self.tmp.joinpath("history.json").write_text(text)
+            self.assertIsNone(common.read_history(self.tmp / "history.json"), text)
         self.train_script(baseline)
         self.train_script(dropout, "--val-split", 60)     # validated on another set: no comparison
         self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists())
@@ -470,16 +490,19 @@ class BeyondTheTutorialTests(TinyDataTestCase):
 
     def test_weight_decay_uses_adamw(self):
         seen = []
-        real_train = common.train
+
+        class Enough(Exception):
+            """Stops the script once its optimizer is seen: no need to train."""
 
         def spy(model, trainloader, valloader, loss_function, optimizer, *args, **kwargs):
             seen.append((type(optimizer), optimizer.param_groups[0]["weight_decay"]))
-            return real_train(model, trainloader, valloader, loss_function, optimizer, *args, **kwargs)
+            raise Enough
 
         for module in (baseline, dropout):
-            with mock.patch.object(module, "train", spy):
-                self.train_script(module, "--weight-decay", 0.05)
-                self.train_script(module)
+            with mock.patch.object(module, "train", spy), contextlib.redirect_stdout(io.StringIO()):
+                for args in (["--weight-decay", "0.05"], []):
+                    with self.assertRaises(Enough):
+                        module.main([*map(str, self.paths()), *args])
         self.assertEqual(seen, [(optim.AdamW, 0.05), (optim.Adam, 0)] * 2)
 
 
@@ -488,7 +511,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
 class InferenceTests(TinyDataTestCase):
     def setUp(self):
         super().setUp()
-        self.train_script(dropout)
+        self.use_trained_dropout()
         self.checkpoint = self.out_dir / "dropout.pt"
 
     def test_inference_pictures_and_a_confusion_matrix_that_adds_up(self):
@@ -534,6 +557,93 @@ class InferenceTests(TinyDataTestCase):
         self.assertIn("python 03_dropout.py", err)
 
 
+# ----------------------------------------------------------------------------- stopping a run: Ctrl-C and SIGTERM
+
+class StoppedRun:
+    """02_baseline.py in a subprocess, sent a real signal once its first epoch line appears.
+
+    Started by setUpModule, so that its start-up (importing torch, about 4 s) overlaps the other tests.
+    """
+
+    def __init__(self, sig, folder, source):
+        self.out_dir = folder / "out"
+        command = [sys.executable, str(HERE / "02_baseline.py"), "--data-dir", str(folder / "data"),
+                   "--out-dir", str(self.out_dir), "--no-download", "--epochs", "100000"]
+        env = {**os.environ, "FASHION_MNIST_DIR": str(source), "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env, cwd=folder,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.out = self.err = ""
+        self.thread = threading.Thread(target=self._watch, args=(sig,), daemon=True)
+        self.thread.start()
+
+    def _watch(self, sig):
+        lines = []
+        for line in self.process.stdout:
+            lines.append(line)
+            if line.startswith("Epoch: 1/"):
+                self.process.send_signal(sig)
+                break
+        out, self.err = self.process.communicate()
+        self.out = "".join(lines) + out
+
+    def wait(self, timeout=120):
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.process.kill()
+            raise AssertionError(f"the run did not stop within {timeout} s")
+        return self.process.returncode
+
+
+STOPPED_RUNS = {}
+
+
+def setUpModule():
+    global _signal_tmp
+    _signal_tmp = tempfile.TemporaryDirectory()
+    folder = Path(_signal_tmp.name)
+    write_fake_fashion_mnist(folder / "local-copy")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        (folder / sig.name).mkdir()
+        STOPPED_RUNS[sig] = StoppedRun(sig, folder / sig.name, folder / "local-copy")
+
+
+def tearDownModule():
+    for run in STOPPED_RUNS.values():
+        run.process.kill()
+        run.thread.join(10)
+    _signal_tmp.cleanup()
+
+
+class StopTests(unittest.TestCase):
+    def assert_stopped_politely(self, sig, status, said):
+        run = STOPPED_RUNS[sig]
+        self.assertEqual(run.wait(), status, run.err)
+        self.assertNotIn("Traceback", run.err)
+        self.assertIn(said, run.out)
+        self.assertIn("Kept the", run.err)
+        history = json.loads((run.out_dir / "baseline_history.json").read_text())
+        epochs = len(history["test_losses"])
+        self.assertGreaterEqual(epochs, 1)
+        self.assertEqual({len(v) for k, v in history.items() if k != "validated_on"}, {epochs})
+        self.assertTrue(is_png(run.out_dir / "baseline_loss.png"))
+        _, checkpoint = common.load_checkpoint(run.out_dir / "baseline.pt", torch.device("cpu"))
+        self.assertEqual(checkpoint["epoch"], epochs)
+        self.assertEqual(leftovers(run.out_dir), [])
+
+    def test_ctrl_c_keeps_the_completed_epochs_and_exits_130(self):
+        self.assert_stopped_politely(signal.SIGINT, 130, "Interrupted during epoch")
+
+    def test_sigterm_is_a_polite_stop_too_and_exits_143(self):
+        self.assert_stopped_politely(signal.SIGTERM, 143, "Terminated during epoch")
+
+    def test_an_interrupt_between_two_appends_counts_only_whole_epochs(self):
+        kept = common.Kept()
+        kept.seconds = [1.0, 1.0]
+        run = common.Run("test", [0.5, 0.4, 0.3], [0.6, 0.5], [0.8, 0.9], kept, "interrupted")
+        self.assertEqual((run.epochs, run.train_losses, len(run.accuracies)), (2, [0.5, 0.4], 2))
+
+
 # ----------------------------------------------------------------------------- mistakes a learner makes
 
 class MistakeTests(TinyDataTestCase):
@@ -561,7 +671,7 @@ class MistakeTests(TinyDataTestCase):
                 self.assert_refused(module, args, *phrases)
 
     def test_index_outside_the_test_set(self):
-        self.train_script(dropout)
+        self.use_trained_dropout()
         self.assert_refused(inference, ["--index", str(N_TEST)], "--index", f"use 0 to {N_TEST - 1}")
 
     def test_bad_checkpoints_each_get_one_sentence(self):
@@ -581,7 +691,7 @@ class MistakeTests(TinyDataTestCase):
                 self.assert_refused(inference, ["--checkpoint", self.tmp / name], phrase)
 
     def test_bad_images_each_get_one_sentence(self):
-        self.train_script(dropout)
+        self.use_trained_dropout()
         (self.tmp / "notes.png").write_text("not an image")
         Image.new("RGB", (30, 30), "white").save(self.tmp / "photo.gif")
         cases = {"missing.png": "no image file", "notes.png": "not an image", "photo.gif": "GIF"}
@@ -630,31 +740,6 @@ class MistakeTests(TinyDataTestCase):
             if (self.out_dir / name).exists():
                 checkpoint = torch.load(self.out_dir / name, weights_only=True)
                 self.assertTrue(all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values()))
-
-    def test_ctrl_c_keeps_the_completed_epochs_and_exits_130(self):
-        # A real Ctrl-C: a run in a subprocess, SIGINT once its first epoch line appears.
-        command = [sys.executable, str(HERE / "02_baseline.py"), *map(str, self.paths()), "--epochs", "100000"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.tmp,
-                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            for line in process.stdout:
-                if line.startswith("Epoch: 1/"):
-                    process.send_signal(signal.SIGINT)
-                    break
-            out, err = process.communicate(timeout=60)
-        finally:
-            process.kill()
-        self.assertEqual(process.returncode, 130, err)
-        self.assertNotIn("Traceback", err)
-        self.assertIn("Interrupted during epoch", out)
-        history = json.loads((self.out_dir / "baseline_history.json").read_text())
-        epochs = len(history["test_losses"])
-        self.assertGreaterEqual(epochs, 1)
-        self.assertEqual({len(v) for k, v in history.items() if k != "validated_on"}, {epochs})
-        self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
-        _, checkpoint = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
-        self.assertEqual(checkpoint["epoch"], epochs)
-        self.assertEqual(leftovers(self.out_dir), [])
 
     def test_a_failed_write_leaves_the_old_file_and_no_temporary(self):
         self.train_script(baseline)
