@@ -78,9 +78,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ one image
     if args.image:
-        img, inverted = common.prepare_image(args.image)
+        img, truth = common.prepare_image(args.image)
         name = f"Your image {Path(args.image).name}"
-        truth = "inverted: its background was light" if inverted else "as given: its background was dark"
         path = out_dir / "inference_image.png"
     else:
         img = images[args.index]                    # the tutorial's images[0], with --index to pick another

@@ -177,12 +177,12 @@ def view_classify(img, ps, title):
 
     img: a normalised image with 784 values, ps: its probabilities (10 values); CPU or GPU tensors.
     """
-    img, ps = img.detach().cpu().view(28, 28), ps.detach().cpu().view(10)
+    img, ps = img.detach().cpu().view(28, 28), ps.detach().cpu().view(10).tolist()
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(ncols=2, width_ratios=(1, 1.4))
     ax1.imshow(img, cmap="gray", vmin=-1, vmax=1)
     ax1.set_axis_off()
-    ax2.barh(range(10), ps, color=["tab:orange" if i == ps.argmax() else "tab:blue" for i in range(10)])
+    ax2.barh(range(10), ps, color=["tab:orange" if p == max(ps) else "tab:blue" for p in ps])
     ax2.set_yticks(range(10), CLASSES)
     ax2.invert_yaxis()                            # label 0 at the top, as in the class list
     ax2.set_xlim(0, 1)
@@ -590,44 +590,77 @@ def _unpack(source, target):
 # ----------------------------------------------------------------------------- a learner's own photo (04_inference.py --image)
 
 def prepare_image(path):
-    """A learner's own PNG or JPEG as the network expects it: 28x28, light garment on black, normalised.
+    """A learner's own picture made as Fashion-MNIST's images were made from catalogue photos (Xiao et al.,
+    2017, section 2): trimmed to the garment, its longest side scaled to 28 pixels, centred, negated.
 
-    Returns the image (1, 1, 28, 28) and whether it was inverted (its background was light).
+    Returns the image (1, 1, 28, 28) in [-1, 1] and a note for the learner on what was done to it.
     """
     path = Path(path).expanduser()
+    pixels = _gray_pixels(_open_image(path), path)                        # (H, W) floats, 0 to 255
+    border = torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = border.median().item()
+    # Negated, so that a garment on a light background comes out light on black, as in the data
+    # set; and scaled so that the background, whatever its shade, becomes 0.
+    light = background > 127
+    if light:
+        pixels = (background - pixels) * (255 / background)
+    else:
+        pixels = (pixels - background) * (255 / max(255 - background, 1))
+    pixels = pixels.clamp(0, 255)
+    note = "negated: its background was light" if light else "as given: its background was dark"
+    # Trimmed to the garment: the pixels further from the background than 5% of full intensity.
+    garment = pixels > 0.05 * 255
+    canvas = torch.zeros(28, 28)
+    if not garment.any():
+        return normalize(canvas[None].to(torch.uint8)), note + "; the picture seemed empty: the network sees black"
+    rows, cols = garment.any(dim=1).nonzero().view(-1), garment.any(dim=0).nonzero().view(-1)
+    pixels = pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # Its longest side scaled to 28 pixels, the aspect kept, then centred on a black square.
+    h, w = pixels.shape
+    size = (max(1, round(28 * h / max(h, w))), max(1, round(28 * w / max(h, w))))
+    small = F.interpolate(pixels[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
+    top, left = (28 - size[0]) // 2, (28 - size[1]) // 2
+    canvas[top:top + size[0], left:left + size[1]] = small
+    return normalize(canvas.clamp(0, 255).round()[None].to(torch.uint8)), note
+
+
+def _open_image(path):
+    """The picture at `path`, decoded (the first frame of several); one sentence if it cannot be."""
     if not path.is_file():
         fail(f"no image file at {path}: check the path given to --image.")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError):
+        Image.MAX_IMAGE_PIXELS = None          # read the size first, to refuse a huge picture by its size
+        with Image.open(path) as image:
+            if limit and image.width * image.height > limit:
+                fail(f"{path} is {image.width}x{image.height} pixels, over the {limit} pixels that PIL decodes "
+                     f"safely: scale it down (1000 pixels a side is plenty) and pass that to --image.")
+            image = ImageOps.exif_transpose(image)          # decoded, and a photo taken sideways upright
+    except UnidentifiedImageError:
         fail(f"{path} is not an image that can be read: pass a PNG or JPEG file to --image.")
-    if image.format not in ("PNG", "JPEG"):
-        fail(f"{path} is a {image.format} image: save it as PNG or JPEG and pass that to --image.")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    gray = image.convert("L")
-    # Fashion-MNIST shows light clothes on black; most photos are the reverse.
-    inverted = _border(gray).mean().item() > 127
-    if inverted:
-        gray = ImageOps.invert(gray)
-    # Then as Fashion-MNIST's own images were made: the background set to black, the picture trimmed
-    # to the garment, its longest side scaled to 28 pixels, centred on a black square.
-    background, top = _border(gray).quantile(0.9).item(), gray.getextrema()[1]
-    gray = gray.point(lambda p: 0 if p <= background else round(255 * (p - background) / (top - background)))
-    if gray.getbbox():
-        gray = gray.crop(gray.getbbox())
-    gray = ImageOps.contain(gray, (28, 28), Image.Resampling.LANCZOS)     # keeps the aspect ratio
-    canvas = Image.new("L", (28, 28), 0)
-    canvas.paste(gray, ((28 - gray.width) // 2, (28 - gray.height) // 2))
-    return normalize(pil_to_tensor(canvas)), inverted
+    except (OSError, ValueError, SyntaxError) as e:
+        fail(f"{path} cannot be decoded ({e}): save it again as PNG or JPEG and pass that to --image.")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    image.thumbnail((1024, 1024), Image.Resampling.BOX)      # plenty for 28x28, and bounded work
+    return image
 
 
-def _border(gray):
-    """The outermost pixels of a grayscale PIL image, as floats."""
-    pixels = pil_to_tensor(gray)[0].float()                              # (H, W)
-    return torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+def _gray_pixels(image, path):
+    """Any PIL image as grayscale floats (H, W) from 0 to 255; transparent parts white, as paper."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):           # 16 and 32 bits a pixel
+        pixels = pil_to_tensor(image.convert("F"))[0]
+        low, high = pixels.min(), pixels.max()
+        return (pixels - low) * (255 / (high - low)) if high > low else torch.full_like(pixels, 255.0)
+    if image.mode == "LAB":
+        return pil_to_tensor(image.getchannel("L"))[0].float()
+    try:
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        return pil_to_tensor(image.convert("L"))[0].float()
+    except ValueError:
+        fail(f"{path} is a {image.mode} image, which cannot be made grayscale here: "
+             "save it as PNG or JPEG and pass that to --image.")
 
 
 # ----------------------------------------------------------------------------- flags
