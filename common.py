@@ -10,13 +10,14 @@ import gzip
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,10 +315,18 @@ def save_run(name, run, dropout, out_dir, title):
         print("No epoch was completed: nothing to save.")
         return
     out_dir = Path(out_dir)
-    write_json(out_dir / f"{name}_history.json", run.to_json())
-    save_figure(plot_losses({name: run}, title), out_dir / f"{name}_loss.png")
-    save_checkpoint(out_dir / f"{name}.pt", run.state(run.epochs), dropout, run.metrics(run.epochs))
-    save_checkpoint(out_dir / f"{name}_best.pt", run.state(run.best_epoch), dropout, run.metrics(run.best_epoch))
+    files = {f"{name}_history.json": lambda path: write_json(path, run.to_json()),
+             f"{name}_loss.png": lambda path: save_figure(plot_losses({name: run}, title), path),
+             f"{name}.pt": lambda path: save_checkpoint(path, run.state(run.epochs), dropout,
+                                                        run.metrics(run.epochs)),
+             f"{name}_best.pt": lambda path: save_checkpoint(path, run.state(run.best_epoch), dropout,
+                                                             run.metrics(run.best_epoch))}
+    for n, (filename, write) in enumerate(files.items()):
+        try:
+            write(out_dir / filename)
+        except WriteError as e:
+            fail(f"{e}: not saved: {', '.join(list(files)[n:])}; the files before them are complete. "
+                 "Free some space or pass another --out-dir, and run the training again.", 1)
     print(f"Saved {run.epochs} epoch{'s' * (run.epochs > 1)} to {out_dir}: {name}_history.json, {name}_loss.png, "
           f"{name}.pt (epoch {run.epochs}), {name}_best.pt (epoch {run.best_epoch})")
 
@@ -419,12 +428,19 @@ def run_script(main):
     except KeyboardInterrupt as stop:
         print("\nInterrupted: the files already written are complete.", file=sys.stderr)
         sys.exit(143 if isinstance(stop, Terminated) else 130)
+    except WriteError as e:
+        fail(f"{e}: the file was left as it was. Free some space or pass another --out-dir, and run again.", 1)
+
+
+class WriteError(Exception):
+    """A file that could not be written, with the reason; the file as it was before is left in place."""
 
 
 @contextmanager
 def atomic_write(path):
     """Open `path` for writing under a temporary name, renamed into place only when complete:
-    a crash, a kill or an exception at any moment leaves the old file or the new one, never half of one."""
+    a crash, a kill or an exception at any moment leaves the old file or the new one, never half of one.
+    A full disk, a lost permission or a serializer's error becomes a WriteError that names the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -433,6 +449,13 @@ def atomic_write(path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError, pickle.PicklingError) as e:
+        # torch.save reports a failed write as "unexpected pos": the OSError behind it says why.
+        cause = next((c for c in (e, e.__cause__, e.__context__) if isinstance(c, OSError) and c.strerror), None)
+        reason = cause.strerror if cause else str(e).strip().splitlines()[0][:120]
+        with suppress(OSError):
+            reason += f"; {shutil.disk_usage(path.parent).free // 2**20} MB free on that disk"
+        raise WriteError(f"could not write {path} ({reason})") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -500,6 +523,9 @@ def ensure_raw_files(data_dir, download=True):
     Missing or damaged files come from, in order: .gz files already in the raw folder, a local copy
     ($FASHION_MNIST_DIR or Debian's dataset-fashion-mnist), torchvision's download.
     """
+    if Path(data_dir).expanduser().is_file():
+        fail(f"--data-dir {data_dir} is a file, not a folder: pass the folder that holds, or is to hold, "
+             "FashionMNIST/raw/.")
     raw = Path(data_dir).expanduser() / "FashionMNIST" / "raw"
     needed = {name: problem for name in RAW_FILES if (problem := idx_problem(raw / name))}
     if not needed:
@@ -523,21 +549,27 @@ def ensure_raw_files(data_dir, download=True):
             if folder == raw:
                 fail(f"{source} is damaged ({bad}): delete it and run again to fetch a fresh copy.")
             fail(f"the local copy {source} is damaged ({bad}): reinstall dataset-fashion-mnist or replace that file.")
+    why = "--no-download was given"
     if needed and download:
         for name in needed:
             (raw / name).unlink(missing_ok=True)
         try:
             datasets.FashionMNIST(Path(data_dir).expanduser(), download=True)
-        except Exception:           # torchvision raises RuntimeError or URLError; any failure means "no download"
-            pass
+        except Exception as e:      # any failure means "no download"; its last line says why
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         needed = {name: problem for name in needed if (problem := idx_problem(raw / name))}
     if needed:
         name = next(iter(needed))
         if needed[name] != "missing":
             fail(f"{raw / name} is damaged ({needed[name]}): delete it and run again to fetch a fresh copy.")
+        env = os.environ.get("FASHION_MNIST_DIR")
+        if env:
+            named = "which is not a folder" if not Path(env).expanduser().is_dir() else f"which lacks {name}.gz"
+            env = f" (it names {env}, {named})"
         fail(f"Fashion-MNIST is not in {raw} and could not be downloaded: connect to the internet, "
              f"or install Debian's package (apt-get install dataset-fashion-mnist), "
-             f"or put the four *-ubyte.gz files in {raw} or in a folder named by FASHION_MNIST_DIR.")
+             f"or put the four *-ubyte.gz files in {raw} or in a folder named by FASHION_MNIST_DIR{env or ''}."
+             f"\nThe download failed: {why}")
     return raw
 
 
@@ -573,17 +605,22 @@ def idx_problem(path, name=None):
 def _unpack(source, target):
     """Copy (or gunzip) one IDX file into place atomically; return why the source is bad, or None."""
     try:
-        with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as src, atomic_write(target) as dst:
-            shutil.copyfileobj(src, dst)
+        with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as src:
+            data = src.read()
+    except (OSError, EOFError, zlib.error) as e:
+        return f"cannot be unpacked: {e}"
+    try:
+        with atomic_write(target) as dst:
+            dst.write(data)
             dst.flush()
             # Check the copy before it is renamed into place, so a bad source never replaces anything.
             problem = idx_problem(dst.name, target.name)
             if problem:
                 raise ValueError(problem)
-    except (OSError, EOFError, zlib.error) as e:
-        return f"cannot be unpacked: {e}"
     except ValueError as e:
         return str(e)
+    except WriteError as e:
+        fail(f"{e}: free some space or pass another --data-dir.")
     return None
 
 
@@ -692,11 +729,12 @@ def make_training_parser(doc):
     """The flags of 02_baseline.py and 03_dropout.py, with the tutorial's values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=64, help="images per batch")
     parser.add_argument("--lr", type=positive_float, default=0.003, help="Adam's learning rate")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                         help="L2 regularisation (decoupled, AdamW); 0 is the tutorial's plain Adam")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same run")
+    parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,     # what torch.manual_seed takes
+                        help="random seed: the same seed gives the same run")
     add_device_arg(parser)
     return parser
 
@@ -715,7 +753,7 @@ def get_device(name):
 def _number(kind, low, high=None, low_open=False):
     """An argparse type for a number in [low, high) (or (low, high) when low_open), saying the range when refused."""
     if high is not None:
-        allowed = f"from {low} up to but not including {high}"
+        allowed = f"from {low} to {high - 1}" if kind is int else f"from {low} up to but not including {high}"
     else:
         allowed = f"greater than {low}" if low_open else f"at least {low}"
     what = "a whole number" if kind is int else "a number"

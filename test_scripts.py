@@ -6,6 +6,7 @@ No test touches the internet. The checks on the real data run when Debian's
 dataset-fashion-mnist is installed (as in CI) and are skipped otherwise.
 """
 import contextlib
+import errno
 import gzip
 import importlib
 import io
@@ -200,7 +201,7 @@ class DataTests(TinyDataTestCase):
         self.assertIn("internet", err)
         self.assertIn("apt-get install dataset-fashion-mnist", err)
         self.assertIn("FASHION_MNIST_DIR", err)
-        self.assertEqual(err.count("\n"), 1, "one sentence, no traceback")
+        self.assertEqual(err.splitlines()[1:], ["The download failed: --no-download was given"], "no traceback")
 
     def test_01_data_writes_samples_png_and_prints_the_facts(self):
         status, out, err = run_main(data_step, *self.paths())
@@ -804,7 +805,7 @@ class MistakeTests(TinyDataTestCase):
     def test_bad_flag_values_name_the_flag_and_the_range(self):
         cases = [(baseline, ["--epochs", "0"], "--epochs", "at least 1"),
                  (baseline, ["--epochs", "-3"], "--epochs", "at least 1"),
-                 (baseline, ["--batch-size", "0"], "--batch-size", "at least 1"),
+                 (baseline, ["--batch-size", "0"], "--batch-size", "from 1 to 60000"),
                  (baseline, ["--lr", "0"], "--lr", "greater than 0"),
                  (baseline, ["--lr", "-1"], "--lr", "greater than 0"),
                  (baseline, ["--lr", "nan"], "--lr", "greater than 0"),
@@ -815,6 +816,68 @@ class MistakeTests(TinyDataTestCase):
         for module, args, *phrases in cases:
             with self.subTest(args=args):
                 self.assert_refused(module, args, *phrases)
+
+    def test_every_seed_the_flag_accepts_torch_accepts(self):
+        top = str(2 ** 64 - 1)
+        for args in (["--seed", top], ["--seed", top, "--val-split", "60"]):
+            self.train_script(dropout, *args)
+        for module in (baseline, dropout):
+            for seed in ("-1", str(2 ** 64), "1.5"):
+                self.assert_refused(module, ["--seed", seed], "--seed", f"from 0 to {top}")
+        self.assert_refused(baseline, ["--batch-size", "60001"], "--batch-size", "from 1 to 60000")
+        self.assert_refused(baseline, ["--lr", "inf"], "--lr", "greater than 0")
+        self.assert_refused(dropout, ["--weight-decay", "inf"], "--weight-decay", "at least 0")
+
+    def test_a_setting_that_points_nowhere_is_named(self):
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        for folder, named in ((self.tmp / "nowhere", "which is not a folder"),
+                              (empty, "which lacks train-images-idx3-ubyte.gz")):
+            with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(folder)}):
+                err = self.assert_refused(data_step, [], f"FASHION_MNIST_DIR (it names {folder}, {named})")
+        (self.tmp / "a-file").write_text("")
+        status, out, err = run_main(data_step, "--data-dir", self.tmp / "a-file", "--out-dir", self.out_dir)
+        self.assertEqual((status, err.count("\n")), (2, 1))
+        self.assertIn(f"--data-dir {self.tmp / 'a-file'} is a file, not a folder", err)
+
+    def test_a_failed_download_says_why(self):
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
+        failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+                mock.patch.object(common.datasets, "FashionMNIST", side_effect=failure):
+            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        self.assertEqual(status, 2)
+        self.assertIn("connect to the internet", err.splitlines()[0])
+        self.assertEqual(err.splitlines()[1:], [f"The download failed: {reason}"])
+
+    def test_a_disk_that_fills_up_while_saving_loses_nothing_saved_before(self):
+        self.train_script(baseline)
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        real_open = open
+
+        class FillsUp(io.FileIO):
+            """A checkpoint file on a disk that is full after its first 1000 bytes."""
+            def write(self, data):
+                if self.tell() + len(data) > 1000:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return super().write(data)
+
+        def disk_fills_up(path, mode="r", *args, **kwargs):
+            checkpoint = str(path).endswith(".tmp") and ".pt." in str(path)
+            return FillsUp(path, "wb") if checkpoint else real_open(path, mode, *args, **kwargs)
+
+        with mock.patch.object(common, "open", disk_fills_up, create=True):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 2)
+        self.assertEqual(status, 1)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn(f"could not write {self.out_dir / 'baseline.pt'} (No space left on device", err)
+        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
+        for name in ("baseline.pt", "baseline_best.pt"):                # the earlier good files, intact
+            self.assertEqual((self.out_dir / name).read_bytes(), before[name])
+        self.assertEqual(len(json.loads((self.out_dir / "baseline_history.json").read_text())["accuracies"]), 2)
+        self.assertEqual(leftovers(self.out_dir), [])
 
     def test_index_outside_the_test_set(self):
         self.use_trained_dropout()
@@ -902,7 +965,7 @@ class MistakeTests(TinyDataTestCase):
             raise OSError("disk full")
 
         state = common.FashionNeuralNetwork().state_dict()
-        with mock.patch.object(torch, "save", save_half_then_fail), self.assertRaises(OSError):
+        with mock.patch.object(torch, "save", save_half_then_fail), self.assertRaises(common.WriteError):
             common.save_checkpoint(path, state, 0.0, {"epoch": 9})
         self.assertEqual(path.read_bytes(), before)
         self.assertEqual(leftovers(self.out_dir), [])
