@@ -10,6 +10,7 @@ together. Writes dropout_history.json, dropout_loss.png, dropout.pt and dropout_
 Beyond the tutorial, all off by default: --val-split, --schedule, --augment and --weight-decay.
 """
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 from torch import optim
 
@@ -61,6 +62,9 @@ def main(argv=None):
             print(f"{name.capitalize() + ':':<17} final validation loss {r.test_losses[-1]:.3f}, "
                   f"{r.validated_on} accuracy {r.accuracies[-1]:.3f} (epoch {r.epochs})")
         print(f"Wrote {path}")
+    if run.epochs and not args.val_split:
+        # Beyond the tutorial: what overfitting spoils is the network's confidence (confidence.png).
+        compare_confidence(out_dir, testloader, device)
     return run.exit_status
 
 
@@ -78,7 +82,13 @@ def parse_args(argv):
                         help="learning rate schedule: cosine decays it to zero over the run, batch by batch")
     beyond.add_argument("--augment", choices=("none", "shift", "shift+flip"), default="none",
                         help="random shifts of up to 2 pixels (and left-right mirroring) of the training batches")
-    return parser.parse_args(argv)
+    beyond.add_argument("--final-fit", action="store_true",
+                        help="with --val-split: once the epoch is chosen, train again from scratch on all the "
+                             "training images for that many epochs, and test that network once")
+    args = parser.parse_args(argv)
+    if args.final_fit and not args.val_split:
+        parser.error("argument --final-fit: needs --val-split N, to choose the number of epochs on")
+    return args
 
 
 def beyond_the_tutorial(args):
@@ -87,25 +97,119 @@ def beyond_the_tutorial(args):
 
 def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device):
     """The same training with a validation split, a learning rate schedule or augmented batches."""
-    valloader, validated_on = testloader, "test"
+    valloader, validated_on, all_training_images = testloader, "test", trainloader
     if args.val_split:
         trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed, args.batch_size)
         validated_on = "validation"
-    if args.augment != "none":
-        trainloader = common.Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
-    scheduler = None
-    if args.schedule == "cosine":
-        scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(trainloader))
+    trainloader, scheduler = with_flags(args, trainloader, optimizer)
     run = train(model, trainloader, valloader, loss_function, optimizer, args.epochs, device,
                 scheduler=scheduler, validated_on=validated_on)
     if args.val_split and run.epochs:
         # The epoch was chosen on the validation set; now, once, the test set judges that choice.
         model.load_state_dict(run.state(run.best_epoch))
+        if args.final_fit:
+            model = final_fit(args, run.best_epoch, all_training_images, valloader, loss_function, optimizer, device)
         test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
         run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-        print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
-              f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+        which = f"the final fit's {run.best_epoch} epochs" if args.final_fit else f"the weights of epoch {run.best_epoch}"
+        print(f"Test set, once, with {which}: loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
     return run
+
+
+def with_flags(args, trainloader, optimizer):
+    """trainloader with --augment, and the --schedule stepped after each batch; as train()'s arguments."""
+    if args.augment != "none":
+        trainloader = common.Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
+    scheduler = None
+    if args.schedule == "cosine":
+        scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(trainloader))
+    return trainloader, scheduler
+
+
+def final_fit(args, epochs, trainloader, valloader, loss_function, optimizer, device):
+    """A new network trained from scratch on all the training images for the chosen number of epochs,
+    with the same settings and a schedule as long as the first run's; its weights are the result."""
+    print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the {epochs} epochs "
+          f"chosen (its validation numbers are on images it now trains on, so they judge nothing).")
+    model = FashionNeuralNetwork(dropout=args.dropout).to(device)
+    optimizer = type(optimizer)(model.parameters(), **optimizer.defaults)     # the same optimizer, new weights
+    trainloader, scheduler = with_flags(args, trainloader, optimizer)
+    final = train(model, trainloader, valloader, loss_function, optimizer, epochs, device,
+                  scheduler=scheduler, validated_on="validation")
+    if final.epochs < epochs:
+        common.fail("the final fit stopped early, so there is no network to test: run it again.", final.exit_status)
+    return model
+
+
+# ============================================================================= beyond the tutorial: confidence
+
+def calibration(log_ps, labels, bins=15):
+    """How sure the network is against how often it is right: accuracy, mean confidence, the expected
+    calibration error (ECE: 15 equal-width confidence bins, weighted by count) and the loss per image,
+    split into what right and wrong answers add to it."""
+    ps = torch.exp(log_ps)
+    top_p, top_class = ps.topk(1, dim=1)
+    confidence, right = top_p.view(-1), top_class.view(-1) == labels
+    which = (confidence * bins).long().clamp(max=bins - 1)                  # the bin of each answer
+    count = torch.bincount(which, minlength=bins)
+    bin_accuracy = torch.bincount(which, weights=right.float(), minlength=bins) / count.clamp(min=1)
+    bin_confidence = torch.bincount(which, weights=confidence, minlength=bins) / count.clamp(min=1)
+    loss = -log_ps.gather(1, labels.view(-1, 1)).view(-1)                  # each image's NLL
+    n = len(labels)
+    return {"accuracy": right.float().mean().item(), "confidence": confidence.mean().item(),
+            "ece": (count / n * (bin_accuracy - bin_confidence).abs()).sum().item(),
+            "loss": loss.mean().item(), "loss_right": loss[right].sum().item() / n,
+            "loss_wrong": loss[~right].sum().item() / n, "wrong": (~right).sum().item(),
+            "sure_wrong": (~right & (confidence > 0.9)).sum().item(),
+            "loss_sure_wrong": loss[~right & (confidence > 0.9)].sum().item() / n,
+            "count": count, "bin_accuracy": bin_accuracy, "bin_confidence": bin_confidence,
+            "wrong_confidence": confidence[~right]}
+
+
+def compare_confidence(out_dir, testloader, device):
+    """Calibration of the last epochs of 02_baseline.py and 03_dropout.py on the test set: printed,
+    and drawn in confidence.png."""
+    paths = {"without dropout": out_dir / "baseline.pt", "dropout": out_dir / "dropout.pt"}
+    missing = [path.name for path in paths.values() if not path.is_file()]
+    if missing:
+        print(f"confidence.png not written: {missing[0]} is not in {out_dir} (run 02_baseline.py first).")
+        return
+    images, labels = testloader.dataset.tensors
+    stats = {}
+    for name, path in paths.items():
+        model, checkpoint = common.load_checkpoint(path, device)
+        with torch.no_grad():
+            stats[f"{name} (epoch {checkpoint['epoch']})"] = calibration(model(images.to(device)).cpu(), labels)
+    print(f"{'test set':<27} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = {'right':>5} + "
+          f"{'wrong':>5} (of which sure and wrong: images, loss)")
+    for name, c in stats.items():
+        print(f"{name:<27} {c['accuracy']:>8.3f} {c['confidence']:>10.3f} {c['ece']:>6.3f} {c['loss']:>6.3f} = "
+              f"{c['loss_right']:>5.3f} + {c['loss_wrong']:>5.3f} ({c['sure_wrong']} of {c['wrong']} wrong "
+              f"with over 90% confidence: {c['loss_sure_wrong']:.3f})")
+    path = out_dir / "confidence.png"
+    common.save_figure(plot_confidence(stats), path)
+    print(f"Wrote {path}")
+
+
+def plot_confidence(stats):
+    """A reliability diagram (accuracy against confidence, per bin) and the confidence of the wrong answers."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    reliability, wrong = fig.subplots(ncols=2)
+    reliability.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    for (name, c), color in zip(stats.items(), ("tab:blue", "tab:orange")):
+        used = c["count"] > 0
+        reliability.plot(c["bin_confidence"][used], c["bin_accuracy"][used], "o-", color=color,
+                         label=f"{name}: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}")
+        wrong.hist(c["wrong_confidence"].tolist(), bins=15, range=(0, 1), histtype="step", linewidth=2,
+                   color=color, label=f"{name}: {c['wrong']} wrong, {c['sure_wrong']} of them over 90% sure")
+    reliability.set(xlabel="confidence (probability of the predicted class)", ylabel="accuracy",
+                    title="Reliability on the test set: below the diagonal = overconfident", xlim=(0, 1), ylim=(0, 1))
+    wrong.set(xlabel="confidence of the wrong answers", ylabel="test images", title="How sure the wrong answers are")
+    for ax in (reliability, wrong):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    return fig
+
 
 
 if __name__ == "__main__":

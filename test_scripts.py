@@ -11,6 +11,7 @@ import gzip
 import importlib
 import io
 import json
+import math
 import os
 import re
 import runpy
@@ -521,6 +522,67 @@ class BeyondTheTutorialTests(TinyDataTestCase):
                     with self.assertRaises(Enough):
                         module.main([*map(str, self.paths()), *args])
         self.assertEqual(seen, [(optim.AdamW, 0.05), (optim.Adam, 0)] * 2)
+
+
+class ConfidenceTests(TinyDataTestCase):
+    @staticmethod
+    def answers(*groups):
+        """log_ps and labels for groups of (confidence, right answers, wrong answers): the predicted
+        class has that probability, the other nine share the rest."""
+        rows, labels = [], []
+        for p, n_right, n_wrong in groups:
+            for n in range(n_right + n_wrong):
+                ps = torch.full((10,), (1 - p) / 9)
+                ps[3] = p
+                rows.append(ps)
+                labels.append(3 if n < n_right else 7)
+        return torch.log(torch.stack(rows)), torch.tensor(labels)
+
+    def test_ece_is_zero_when_confidence_equals_accuracy_in_every_bin(self):
+        c = dropout.calibration(*self.answers((0.95, 19, 1), (0.55, 11, 9)))
+        self.assertAlmostEqual(c["ece"], 0.0, places=6)
+        self.assertAlmostEqual(c["accuracy"], 30 / 40, places=6)
+
+    def test_ece_and_the_loss_split_match_a_hand_count(self):
+        c = dropout.calibration(*self.answers((0.9, 1, 1), (0.6, 1, 0), (0.3, 1, 0)))
+        # bins 13 (0.9: half right), 9 (0.6: right), 4 (0.3: right)
+        self.assertAlmostEqual(c["ece"], 2 / 4 * 0.4 + 1 / 4 * 0.4 + 1 / 4 * 0.7, places=6)
+        loss_wrong = -math.log(0.1 / 9) / 4
+        self.assertAlmostEqual(c["loss_wrong"], loss_wrong, places=5)
+        self.assertAlmostEqual(c["loss_right"], -(math.log(0.9) + math.log(0.6) + math.log(0.3)) / 4, places=5)
+        self.assertAlmostEqual(c["loss_right"] + c["loss_wrong"], c["loss"], places=5)
+        self.assertEqual((c["wrong"], c["sure_wrong"]), (1, 0))
+
+    def test_confidence_png_after_both_runs_and_one_line_without_the_baseline(self):
+        out = self.train_script(dropout)
+        self.assertIn("confidence.png not written: baseline.pt is not in", out)
+        self.assertFalse((self.out_dir / "confidence.png").exists())
+        self.train_script(baseline)
+        out = self.train_script(dropout)
+        self.assertTrue(is_png(self.out_dir / "confidence.png"))
+        self.assertRegex(out, r"without dropout \(epoch 1\) +\d\.\d{3} +\d\.\d{3} +\d\.\d{3}")
+
+    def test_final_fit_trains_on_all_images_and_tests_once(self):
+        self.assert_refused = MistakeTests.assert_refused.__get__(self)
+        self.assert_refused(dropout, ["--final-fit"], "--final-fit", "--val-split")
+        fits, evaluated = [], []
+        real_train, real_evaluate = common.train, common.evaluate
+
+        def spy_train(model, trainloader, valloader, loss_function, optimizer, epochs, *args, **kwargs):
+            fits.append((len(trainloader.dataset), epochs))
+            return real_train(model, trainloader, valloader, loss_function, optimizer, epochs, *args, **kwargs)
+
+        def spy_evaluate(model, images, *args):
+            evaluated.append(len(images))
+            return real_evaluate(model, images, *args)
+
+        with mock.patch.object(dropout, "train", spy_train), mock.patch.object(common, "evaluate", spy_evaluate):
+            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60, "--final-fit", "--schedule", "cosine")
+        best = json.loads((self.out_dir / "dropout_history.json").read_text())["test_losses"]
+        chosen = 1 + best.index(min(best))
+        self.assertEqual(fits, [(N_TRAIN - 60, 3), (N_TRAIN, chosen)])
+        self.assertEqual(evaluated, [N_TEST])
+        self.assertIn(f"Test set, once, with the final fit's {chosen} epochs", out)
 
 
 # ----------------------------------------------------------------------------- step 4: inference
