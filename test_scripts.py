@@ -179,6 +179,27 @@ class DataTests(TinyDataTestCase):
         self.assertEqual(labels.shape, torch.Size([64]))
         self.assertIsInstance(testloader.sampler.sampler, SequentialSampler)      # the test set is not shuffled
 
+    def test_every_training_image_once_an_epoch_in_an_order_set_by_the_seed_and_the_test_set_in_order(self):
+        ids = torch.arange(N_TRAIN)
+
+        def epochs(loader, seed, n=2):
+            torch.manual_seed(seed)
+            return [[batch for batch, _ in loader] for _ in range(n)]
+
+        trainloader = common.make_loader(ids, ids, 64, shuffle=True)
+        first, second = epochs(trainloader, 0)
+        self.assertEqual([len(b) for b in first], [64] * 5 + [10])
+        for epoch in (first, second):
+            self.assertTrue(torch.equal(torch.cat(epoch).sort().values, ids))          # each image once
+        self.assertFalse(torch.equal(torch.cat(first), torch.cat(second)))             # a new order each epoch
+        self.assertTrue(all(map(torch.equal, epochs(trainloader, 0)[0], first)))       # the same seed: the same
+        self.assertFalse(torch.equal(torch.cat(epochs(trainloader, 1)[0]), torch.cat(first)))
+        # The same batches, in the same order, as DataLoader(dataset, batch_size=64, shuffle=True)
+        reference = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, ids), batch_size=64, shuffle=True)
+        self.assertTrue(all(map(torch.equal, epochs(reference, 0)[0], first)))
+        testloader = common.make_loader(ids, ids, 64, shuffle=False)
+        self.assertTrue(torch.equal(torch.cat(epochs(testloader, 0)[0]), ids))
+
     def test_local_copy_is_unpacked_into_the_raw_folder(self):
         self.load()
         raw = self.data_dir / "FashionMNIST" / "raw"
