@@ -5,9 +5,11 @@
 Trains the network with dropout p=0.2 after each hidden layer (the tutorial's FashionNeuralNetworkD),
 validating in model.eval() mode and training in model.train() mode; watch the two losses stay
 together. Writes dropout_history.json, dropout_loss.png, dropout.pt and dropout_best.pt, and, when
-02_baseline.py has run, baseline_vs_dropout.png: the lesson in one picture.
+02_baseline.py has run, baseline_vs_dropout.png, the lesson in one picture, and confidence.png, how
+sure each network is against how often it is right.
 
-Beyond the tutorial, all off by default: --val-split, --schedule, --augment and --weight-decay.
+Beyond the tutorial, all off by default: --val-split (and --final-fit), --schedule, --augment and
+--weight-decay.
 """
 import torch
 from matplotlib.figure import Figure
