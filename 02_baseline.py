@@ -2,8 +2,8 @@
 
     python 02_baseline.py [--epochs 30] [--lr 0.003] [--seed 0] [--device auto]
 
-Checks the untrained network's output shape and accuracy, then trains it 30 epochs with
-NLLLoss and Adam. Watch the validation loss turn upward while the training loss keeps
+Checks an untrained network's output shape and accuracy, then trains a new one 30 epochs with
+NLLLoss and Adam, as the tutorial does. Watch the validation loss turn upward while the training loss keeps
 falling: overfitting. Writes baseline_history.json, baseline_loss.png, baseline.pt (last
 epoch) and baseline_best.pt (lowest validation loss) to the output folder.
 """
@@ -63,7 +63,7 @@ def main(argv=None):
         optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
     else:   # --weight-decay, beyond the tutorial: real L2 regularisation, decoupled from Adam's scaling
         optimizer = optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
-    # Train the model 30 cycles: common.train() is the tutorial's loop, line for line
+    # Train the model 30 cycles: common.train() is the tutorial's loop, its lines in its order
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
 

@@ -49,7 +49,8 @@ def main(argv=None):
     if not beyond_the_tutorial(args):
         run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
     else:
-        run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device)
+        run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device,
+                                        out_dir)
 
     # ------------------------------------------------------------------ "Plot again the graph and see the difference"
     common.save_run("dropout", run, args.dropout, out_dir,
@@ -97,7 +98,7 @@ def beyond_the_tutorial(args):
     return args.val_split or args.schedule != "none" or args.augment != "none"
 
 
-def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device):
+def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device, out_dir):
     """The same training with a validation split, a learning rate schedule or augmented batches."""
     valloader, validated_on, all_training_images = testloader, "test", trainloader
     if args.val_split:
@@ -106,15 +107,23 @@ def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_functio
     trainloader, scheduler = with_flags(args, trainloader, optimizer)
     run = train(model, trainloader, valloader, loss_function, optimizer, args.epochs, device,
                 scheduler=scheduler, validated_on=validated_on)
-    if args.val_split and run.epochs:
+    if args.val_split and run.epochs and not run.stopped:
         # The epoch was chosen on the validation set; now, once, the test set judges that choice.
         model.load_state_dict(run.state(run.best_epoch))
-        if args.final_fit:
-            model = final_fit(args, run.best_epoch, all_training_images, valloader, loss_function, optimizer, device)
-        test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
-        run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-        which = f"the final fit's {run.best_epoch} epochs" if args.final_fit else f"the weights of epoch {run.best_epoch}"
-        print(f"Test set, once, with {which}: loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+        if not args.final_fit:
+            test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
+            run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
+            print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
+                  f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+        else:
+            model = final_fit(args, run.best_epoch, all_training_images, valloader, loss_function, device)
+            test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
+            print(f"Test set, once, with the final fit's {run.best_epoch} epochs: "
+                  f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+            path = out_dir / "dropout_final.pt"
+            common.save_checkpoint(path, model.state_dict(), args.dropout, {
+                "epoch": run.best_epoch, "test_loss": test_loss, "test_accuracy": test_accuracy})
+            print(f"Saved the final fit's network to {path}")
     return run
 
 
@@ -128,17 +137,18 @@ def with_flags(args, trainloader, optimizer):
     return trainloader, scheduler
 
 
-def final_fit(args, epochs, trainloader, valloader, loss_function, optimizer, device):
+def final_fit(args, epochs, trainloader, valloader, loss_function, device):
     """A new network trained from scratch on all the training images for the chosen number of epochs,
     with the same settings and a schedule as long as the first run's; its weights are the result."""
     print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the {epochs} epochs "
           f"chosen (its validation numbers are on images it now trains on, so they judge nothing).")
     model = FashionNeuralNetwork(dropout=args.dropout).to(device)
-    optimizer = type(optimizer)(model.parameters(), **optimizer.defaults)     # the same optimizer, new weights
+    Optimizer = optim.AdamW if args.weight_decay else optim.Adam                 # as main() chose
+    optimizer = Optimizer(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
     trainloader, scheduler = with_flags(args, trainloader, optimizer)
     final = train(model, trainloader, valloader, loss_function, optimizer, epochs, device,
                   scheduler=scheduler, validated_on="validation")
-    if final.epochs < epochs:
+    if final.stopped:
         common.fail("the final fit stopped early, so there is no network to test: run it again.", final.exit_status)
     return model
 

@@ -73,7 +73,7 @@ def main(argv=None):
     print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
     _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
     images, labels = common.normalize(testdataset.data), testdataset.targets     # (N, 1, 28, 28), (N,)
-    if args.index >= len(images):
+    if args.index >= len(images) and not args.image:
         parser.error(f"argument --index: {args.index} is outside the test set; use 0 to {len(images) - 1}")
 
     # ------------------------------------------------------------------ one image
@@ -82,7 +82,9 @@ def main(argv=None):
         name = f"Your image {Path(args.image).name}"
         path = out_dir / "inference_image.png"
     else:
-        img = images[args.index]                    # the tutorial's images[0], with --index to pick another
+        # The tutorial takes images[0] of next(iter(testloader)), a shuffled loader: another image each
+        # run. Here the test set is in order, so --index (0 by default) names the same image every time.
+        img = images[args.index]
         name, truth = f"Test image {args.index}", f"true: {common.CLASSES[labels[args.index]]}"
         path = out_dir / "inference.png"
     img = img.view(1, 784)                          # the network wants (1, 784)

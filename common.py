@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F          # the tutorial's "from torch.functional import F" no longer works
+import torch.nn.functional as F          # where F lives: the tutorial's torch.functional only imports it
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
@@ -127,9 +127,10 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{name} Loss: {test_loss:.3f}..  {name} Accuracy: {accuracy:.3f}", flush=True)
     except KeyboardInterrupt as stop:           # Ctrl-C, or SIGTERM (see run_script)
-        stopped = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(f"\n{stopped.capitalize()} during epoch {len(accuracies) + 1}.")
-        return Run(validated_on, train_losses, test_losses, accuracies, kept, stopped)
+        run = Run(validated_on, train_losses, test_losses, accuracies, kept,
+                  "terminated" if isinstance(stop, Terminated) else "interrupted")
+        print(f"\n{run.stopped.capitalize()} during epoch {run.epochs + 1}.")
+        return run
     return Run(validated_on, train_losses, test_losses, accuracies, kept)
 
 

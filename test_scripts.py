@@ -585,12 +585,18 @@ class ConfidenceTests(TinyDataTestCase):
             return real_evaluate(model, images, *args)
 
         with mock.patch.object(dropout, "train", spy_train), mock.patch.object(common, "evaluate", spy_evaluate):
-            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60, "--final-fit", "--schedule", "cosine")
+            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60, "--final-fit", "--schedule", "cosine",
+                                    "--weight-decay", 0.05)
         best = json.loads((self.out_dir / "dropout_history.json").read_text())["test_losses"]
         chosen = 1 + best.index(min(best))
         self.assertEqual(fits, [(N_TRAIN - 60, 3), (N_TRAIN, chosen)])
         self.assertEqual(evaluated, [N_TEST])
         self.assertIn(f"Test set, once, with the final fit's {chosen} epochs", out)
+        model, checkpoint = common.load_checkpoint(self.out_dir / "dropout_final.pt", torch.device("cpu"))
+        _, accuracy = common.evaluate(model, *self.load()[1].dataset.tensors, torch.device("cpu"))
+        self.assertAlmostEqual(accuracy, checkpoint["metrics"]["test_accuracy"], places=6)     # its own weights
+        _, best = common.load_checkpoint(self.out_dir / "dropout_best.pt", torch.device("cpu"))
+        self.assertNotIn("test_accuracy", best["metrics"])
 
 
 # ----------------------------------------------------------------------------- step 4: inference
