@@ -41,6 +41,9 @@ baseline = importlib.import_module("02_baseline")
 dropout = importlib.import_module("03_dropout")
 inference = importlib.import_module("04_inference")
 
+# The tests' tiny batches gain nothing from a second thread, and the forked runs below use it.
+torch.set_num_threads(1)
+
 N_TRAIN, N_TEST = 330, 100          # 330 = 5 batches of 64 and a short one of 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REAL_DATA = common.SYSTEM_COPY.is_dir()
