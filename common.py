@@ -431,6 +431,9 @@ def run_script(main):
         sys.exit(143 if isinstance(stop, Terminated) else 130)
     except WriteError as e:
         fail(f"{e}: the file was left as it was. Free some space or pass another --out-dir, and run again.", 1)
+    except BrokenPipeError:                     # the reader of the output went away: python 04_inference.py | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 class WriteError(Exception):
