@@ -11,6 +11,8 @@ sure each network is against how often it is right.
 Beyond the tutorial, all off by default: --val-split (and --final-fit), --schedule, --augment and
 --weight-decay.
 """
+import sys
+
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -49,8 +51,7 @@ def main(argv=None):
     if not beyond_the_tutorial(args):
         run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
     else:
-        run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device,
-                                        out_dir)
+        run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device)
 
     # ------------------------------------------------------------------ "Plot again the graph and see the difference"
     common.save_run("dropout", run, args.dropout, out_dir,
@@ -68,6 +69,8 @@ def main(argv=None):
     if run.epochs and not args.val_split:
         # Beyond the tutorial: what overfitting spoils is the network's confidence (confidence.png).
         compare_confidence(out_dir, testloader, device)
+    if args.final_fit and run.epochs and not run.stopped:
+        return final_fit(args, run.best_epoch, trainloader, testloader, loss_function, device, out_dir)
     return run.exit_status
 
 
@@ -98,32 +101,22 @@ def beyond_the_tutorial(args):
     return args.val_split or args.schedule != "none" or args.augment != "none"
 
 
-def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device, out_dir):
+def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device):
     """The same training with a validation split, a learning rate schedule or augmented batches."""
-    valloader, validated_on, all_training_images = testloader, "test", trainloader
+    valloader, validated_on = testloader, "test"
     if args.val_split:
         trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed, args.batch_size)
         validated_on = "validation"
     trainloader, scheduler = with_flags(args, trainloader, optimizer)
     run = train(model, trainloader, valloader, loss_function, optimizer, args.epochs, device,
                 scheduler=scheduler, validated_on=validated_on)
-    if args.val_split and run.epochs and not run.stopped:
+    if args.val_split and run.epochs and not run.stopped and not args.final_fit:
         # The epoch was chosen on the validation set; now, once, the test set judges that choice.
         model.load_state_dict(run.state(run.best_epoch))
-        if not args.final_fit:
-            test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
-            run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-            print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
-                  f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
-        else:
-            model = final_fit(args, run.best_epoch, all_training_images, valloader, loss_function, device)
-            test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
-            print(f"Test set, once, with the final fit's {run.best_epoch} epochs: "
-                  f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
-            path = out_dir / "dropout_final.pt"
-            common.save_checkpoint(path, model.state_dict(), args.dropout, {
-                "epoch": run.best_epoch, "test_loss": test_loss, "test_accuracy": test_accuracy})
-            print(f"Saved the final fit's network to {path}")
+        test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
+        run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
+        print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
+              f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
     return run
 
 
@@ -137,11 +130,13 @@ def with_flags(args, trainloader, optimizer):
     return trainloader, scheduler
 
 
-def final_fit(args, epochs, trainloader, valloader, loss_function, device):
-    """A new network trained from scratch on all the training images for the chosen number of epochs,
-    with the same settings and a schedule as long as the first run's; its weights are the result."""
+def final_fit(args, epochs, trainloader, testloader, loss_function, device, out_dir):
+    """After the first run is saved: a new network trained from scratch on all the training images for the
+    chosen number of epochs, with the same settings and a schedule as long as the first run's, tested once
+    and saved as dropout_final.pt. Returns the exit status."""
     print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the {epochs} epochs "
-          f"chosen (its validation numbers are on images it now trains on, so they judge nothing).")
+          f"chosen (its validation images are now training images too, so their numbers judge nothing).")
+    _, valloader = common.hold_out(trainloader, args.val_split, args.seed, args.batch_size)     # the same ones
     model = FashionNeuralNetwork(dropout=args.dropout).to(device)
     Optimizer = optim.AdamW if args.weight_decay else optim.Adam                 # as main() chose
     optimizer = Optimizer(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=True)
@@ -149,8 +144,16 @@ def final_fit(args, epochs, trainloader, valloader, loss_function, device):
     final = train(model, trainloader, valloader, loss_function, optimizer, epochs, device,
                   scheduler=scheduler, validated_on="validation")
     if final.stopped:
-        common.fail("the final fit stopped early, so there is no network to test: run it again.", final.exit_status)
-    return model
+        print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no final network "
+              "to test (the first run is saved above).", file=sys.stderr)
+        return final.exit_status
+    test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
+    print(f"Test set, once, with the final fit's {epochs} epochs: loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+    path = out_dir / "dropout_final.pt"
+    common.save_checkpoint(path, model.state_dict(), args.dropout,
+                           {"epoch": epochs, "test_loss": test_loss, "test_accuracy": test_accuracy})
+    print(f"Saved the final fit's network to {path}")
+    return 0
 
 
 # ============================================================================= beyond the tutorial: confidence

@@ -72,7 +72,7 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
     """
     # Initialize two empty arrays to hold the train and test loss every cycle
     train_losses, test_losses = [], []
-    accuracies, kept = [], Kept()             # ours: the accuracy too, and each epoch's seconds and weights
+    accuracies, seconds, weights = [], [], {}     # ours: each epoch's accuracy and seconds; the weights kept
     name = validated_on.capitalize()
     try:
         for i in range(epochs):
@@ -116,22 +116,22 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             if not (train_loss < DIVERGED_LOSS and test_loss < DIVERGED_LOSS):     # NaN too
                 print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3g}..  "
                       f"{name} Loss: {test_loss:.3g}: the training has blown up.")
-                return Run(validated_on, train_losses, test_losses, accuracies, kept, "diverged")
-            kept.weights(model, i + 1, test_losses)     # ours: the last and the best epoch
+                return Run(validated_on, train_losses, test_losses, accuracies, seconds, weights, "diverged")
+            weights = keep_weights(weights, model, i + 1, test_losses)     # ours: the last and the best epoch
             # Append the average losses to the array for plotting
             train_losses.append(train_loss)
             test_losses.append(test_loss)
             accuracies.append(accuracy)
-            kept.seconds.append(round(time.perf_counter() - start, 3))
+            seconds.append(round(time.perf_counter() - start, 3))
             # Print the result: the tutorial's line, with its numbers per image
             print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{name} Loss: {test_loss:.3f}..  {name} Accuracy: {accuracy:.3f}", flush=True)
     except KeyboardInterrupt as stop:           # Ctrl-C, or SIGTERM (see run_script)
-        run = Run(validated_on, train_losses, test_losses, accuracies, kept,
+        run = Run(validated_on, train_losses, test_losses, accuracies, seconds, weights,
                   "terminated" if isinstance(stop, Terminated) else "interrupted")
         print(f"\n{run.stopped.capitalize()} during epoch {run.epochs + 1}.")
         return run
-    return Run(validated_on, train_losses, test_losses, accuracies, kept)
+    return Run(validated_on, train_losses, test_losses, accuracies, seconds, weights)
 
 
 # A loss per image above this means the training has blown up: the untrained network's is ln(10) = 2.3.
@@ -254,18 +254,13 @@ RAW_FILES = {"train-images-idx3-ubyte": 0x0803, "train-labels-idx1-ubyte": 0x080
 
 # ----------------------------------------------------------------------------- what train() returns
 
-class Kept:
-    """What train() keeps besides the tutorial's lists: each epoch's seconds, the last and the best weights."""
-
-    def __init__(self):
-        self.seconds, self.states = [], {}
-
-    def weights(self, model, epoch, earlier_losses):
-        """Copy the weights of `epoch`; keep those of the epoch before and of the best one before it too,
-        which a Ctrl-C landing before this epoch is recorded may still need."""
-        best = 1 + min(range(len(earlier_losses)), key=earlier_losses.__getitem__, default=-1)
-        self.states = {e: s for e, s in self.states.items() if e in (epoch - 1, best)}
-        self.states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+def keep_weights(weights, model, epoch, earlier_losses):
+    """train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added; kept besides: the epoch before
+    and the best one before it, which a Ctrl-C landing before this epoch is recorded still needs."""
+    best = 1 + min(range(len(earlier_losses)), key=earlier_losses.__getitem__, default=-1)
+    weights = {e: w for e, w in weights.items() if e in (epoch - 1, best)}
+    weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return weights
 
 
 @dataclass
@@ -275,14 +270,15 @@ class Run:
     train_losses: list = field(default_factory=list)
     test_losses: list = field(default_factory=list)
     accuracies: list = field(default_factory=list)
-    kept: Kept = field(default_factory=Kept)
+    seconds: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)     # epoch -> state_dict, for the last and the best epoch
     stopped: str = None                # None, "diverged", "interrupted" (Ctrl-C) or "terminated" (SIGTERM)
     test_of_best: dict = None          # with a validation split: the test set's verdict on the best epoch
 
     def __post_init__(self):
         # A Ctrl-C can land between two appends: count only the epochs recorded in full.
-        n = min(len(self.train_losses), len(self.test_losses), len(self.accuracies), len(self.kept.seconds))
-        del self.train_losses[n:], self.test_losses[n:], self.accuracies[n:], self.kept.seconds[n:]
+        n = min(len(self.train_losses), len(self.test_losses), len(self.accuracies), len(self.seconds))
+        del self.train_losses[n:], self.test_losses[n:], self.accuracies[n:], self.seconds[n:]
 
     @property
     def epochs(self):
@@ -297,7 +293,7 @@ class Run:
         return {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143}[self.stopped]
 
     def state(self, epoch):
-        return self.kept.states[epoch]
+        return self.weights[epoch]
 
     def metrics(self, epoch):
         v = self.validated_on
@@ -307,7 +303,7 @@ class Run:
 
     def to_json(self):
         return {"validated_on": self.validated_on, "train_losses": self.train_losses,
-                "test_losses": self.test_losses, "accuracies": self.accuracies, "seconds": self.kept.seconds}
+                "test_losses": self.test_losses, "accuracies": self.accuracies, "seconds": self.seconds}
 
 
 def save_run(name, run, dropout, out_dir, title):
@@ -336,9 +332,7 @@ def read_history(path):
     """A history written by save_run, or None when there is none or it is unreadable (03_dropout.py's comparison)."""
     try:
         h = json.loads(Path(path).read_text())
-        kept = Kept()
-        kept.seconds = list(h["seconds"])
-        run = Run(h["validated_on"], list(h["train_losses"]), list(h["test_losses"]), list(h["accuracies"]), kept)
+        run = Run(h["validated_on"], *(list(h[k]) for k in ("train_losses", "test_losses", "accuracies", "seconds")))
         if run.epochs and all(isinstance(x, (int, float)) for x in run.train_losses + run.test_losses):
             return run
     except (OSError, ValueError, TypeError, KeyError):
@@ -353,7 +347,7 @@ def print_summary(run):
         best, last = run.best_epoch, run.epochs
         lowest, final = run.test_losses[best - 1], run.test_losses[-1]
         rise = final - lowest
-        seconds = sum(run.kept.seconds)
+        seconds = sum(run.seconds)
         print(f"Lowest validation loss: {lowest:.3f} at epoch {best} "
               f"({v} accuracy {run.accuracies[best - 1]:.3f}), kept as the best checkpoint")
         print(f"Final validation loss:  {final:.3f} at epoch {last}, {rise:.3f} above its "

@@ -141,6 +141,15 @@ class TinyDataTestCase(unittest.TestCase):
         self.assertEqual(status, 0, err)
         return out
 
+    def assert_refused(self, module, args, *phrases):
+        """The script stops with status 2 and a message holding each phrase, without a traceback."""
+        status, out, err = run_main(module, *self.paths(), *args)
+        self.assertEqual(status, 2, f"{args}: {err}")
+        for phrase in phrases:
+            self.assertIn(phrase, err, args)
+        self.assertNotIn("Traceback", err)
+        return err
+
     _trained = {}
 
     def use_trained_dropout(self):
@@ -434,7 +443,6 @@ class TrainingScriptTests(TinyDataTestCase):
         self.assertIn("Dropout 0.2:", out)
 
     def test_03_dropout_skips_a_broken_or_incomparable_baseline_history(self):
-        self.tmp.joinpath("history.json").write_text("half a file [")
         self.out_dir.mkdir()
         (self.out_dir / "baseline_history.json").write_text("half a file [")
         out = self.train_script(dropout)
@@ -574,7 +582,6 @@ class ConfidenceTests(TinyDataTestCase):
         self.assertEqual((c["wrong"], c["sure_wrong"]), (1, 0))
 
     def test_final_fit_trains_on_all_images_and_tests_once(self):
-        self.assert_refused = MistakeTests.assert_refused.__get__(self)
         self.assert_refused(dropout, ["--final-fit"], "--final-fit", "--val-split")
         fits, evaluated = [], []
         real_train, real_evaluate = common.train, common.evaluate
@@ -668,7 +675,9 @@ class ForkedRun:
         if self.pid == 0:
             self._child([str(HERE / script), *map(str, args)], env)
         self.status = None
-        self.thread = threading.Thread(target=self._watch, args=(sig,), daemon=True)
+        self.thread = threading.Thread(target=self._watch, args=(sig,), daemon=True)     # started by start()
+
+    def start(self):
         self.thread.start()
 
     def _child(self, argv, env):
@@ -696,8 +705,10 @@ class ForkedRun:
         if sig is not None:
             deadline = time.monotonic() + 120
             while "Epoch: 1/" not in self.out_path.read_text() and time.monotonic() < deadline:
-                if os.waitpid(self.pid, os.WNOHANG) != (0, 0):
-                    raise RuntimeError("the run ended before its first epoch")
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:                                   # it ended before its first epoch: say how
+                    self.status = os.waitstatus_to_exitcode(status)
+                    return
                 time.sleep(0.05)
             os.kill(self.pid, sig)
         self.status = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
@@ -705,10 +716,14 @@ class ForkedRun:
     def wait(self, timeout=120):
         self.thread.join(timeout)
         if self.status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.kill()
             raise AssertionError(f"the run did not end: {self.err_path.read_text()}")
         return self.status, self.out_path.read_text(), self.err_path.read_text()
+
+    def kill(self):
+        if self.status is None:                           # not reaped yet: the pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 FORKED = {}
@@ -729,12 +744,13 @@ def setUpModule():
         FORKED["real"] = ForkedRun("02_baseline.py", ["--data-dir", folder / "real" / "data", "--out-dir",
                                                       folder / "real" / "out", "--no-download", "--epochs", 1],
                                    folder / "real", {"FASHION_MNIST_DIR": None})
+    for run in FORKED.values():                 # the watching threads only once every child is forked
+        run.start()
 
 
 def tearDownModule():
     for run in FORKED.values():
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(run.pid, signal.SIGKILL)
+        run.kill()
         run.thread.join(10)
     _forked_tmp.cleanup()
 
@@ -764,9 +780,7 @@ class StopTests(unittest.TestCase):
         self.assert_stopped_politely(signal.SIGTERM, 143, "Terminated during epoch")
 
     def test_an_interrupt_between_two_appends_counts_only_whole_epochs(self):
-        kept = common.Kept()
-        kept.seconds = [1.0, 1.0]
-        run = common.Run("test", [0.5, 0.4, 0.3], [0.6, 0.5], [0.8, 0.9], kept, "interrupted")
+        run = common.Run("test", [0.5, 0.4, 0.3], [0.6, 0.5], [0.8, 0.9], [1.0, 1.0], {}, "interrupted")
         self.assertEqual((run.epochs, run.train_losses, len(run.accuracies)), (2, [0.5, 0.4], 2))
 
 
@@ -879,14 +893,6 @@ class PictureTests(TinyDataTestCase):
 # ----------------------------------------------------------------------------- mistakes a learner makes
 
 class MistakeTests(TinyDataTestCase):
-    def assert_refused(self, module, args, *phrases):
-        status, out, err = run_main(module, *self.paths(), *args)
-        self.assertEqual(status, 2, f"{args}: {err}")
-        for phrase in phrases:
-            self.assertIn(phrase, err, args)
-        self.assertNotIn("Traceback", err)
-        return err
-
     def test_bad_flag_values_name_the_flag_and_the_range(self):
         cases = [(baseline, ["--epochs", "0"], "--epochs", "at least 1"),
                  (baseline, ["--epochs", "-3"], "--epochs", "at least 1"),
@@ -1008,15 +1014,16 @@ class MistakeTests(TinyDataTestCase):
                 self.assert_refused(baseline, ["--out-dir", "/proc"], "cannot write to /proc")
 
     def test_divergence_keeps_the_epochs_before_it(self):
-        real_keep = common.Kept.weights
+        real_keep = common.keep_weights
 
-        def poisoned(kept, model, epoch, *args):
-            real_keep(kept, model, epoch, *args)
+        def poisoned(weights, model, epoch, *args):
+            weights = real_keep(weights, model, epoch, *args)
             if epoch == 1:            # the second epoch blows up, as with too large a learning rate
                 with torch.no_grad():
                     model.layer_input.weight.fill_(float("nan"))
+            return weights
 
-        with mock.patch.object(common.Kept, "weights", poisoned):
+        with mock.patch.object(common, "keep_weights", poisoned):
             status, out, err = run_main(baseline, *self.paths(), "--epochs", 3)
         self.assertEqual(status, 1)
         self.assertIn("smaller --lr", err)

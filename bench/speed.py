@@ -8,7 +8,8 @@ batch 64, shuffled; the network, NLLLoss, Adam lr=0.003), then one epoch of the 
 path (common.load_data and common.train, as 02_baseline.py calls them), alternating which goes
 first. It prints each round, the median ratio and the compute floor measured on the spot: the
 network's FLOPs per epoch over the rate a large matrix product reaches here. Run it alone on the
-machine: a second job on the same cores slows both. It finds the data as the scripts do, offline.
+machine: a second job on the same cores slows both. It finds the data as the scripts do (a local
+copy first, so it runs offline where the scripts do).
 """
 import argparse
 import contextlib
@@ -28,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common                                     # noqa: E402  (the scripts' folder, added just above)
 from common import FashionNeuralNetwork           # noqa: E402
 
-LAYERS = ((784, 256), (256, 128), (128, 64), (64, 10))
 
 
 def tutorial_setup(data_dir):
@@ -97,7 +97,8 @@ def matmul_rate(n=2048, seconds=2.0):
 
 def epoch_flops(n_train=60000, n_test=10000):
     """Multiply-adds of the four layers, x2 for FLOPs; backward costs about twice the forward pass."""
-    forward = 2 * sum(i * o for i, o in LAYERS)
+    layers = [m for m in FashionNeuralNetwork().modules() if isinstance(m, nn.Linear)]
+    forward = 2 * sum(m.in_features * m.out_features for m in layers)
     return 3 * forward * n_train + forward * n_test
 
 
