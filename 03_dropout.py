@@ -192,7 +192,11 @@ def compare_confidence(out_dir, testloader, device):
     images, labels = testloader.dataset.tensors
     stats = {}
     for name, path in paths.items():
-        model, checkpoint = common.load_checkpoint(path, device)
+        try:
+            model, checkpoint = common.load_checkpoint(path, device)
+        except SystemExit:                            # load_checkpoint has said what is wrong with the file
+            print(f"confidence.png not written: {path} could not be loaded.")
+            return
         with torch.no_grad():
             stats[f"{name} (epoch {checkpoint['epoch']})"] = calibration(model(images.to(device)).cpu(), labels)
     print(f"{'test set':<27} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = {'right':>5} + "
