@@ -8,8 +8,8 @@ together. Writes dropout_history.json, dropout_loss.png, dropout.pt and dropout_
 02_baseline.py has run, baseline_vs_dropout.png, the lesson in one picture, and confidence.png, how
 sure each network is against how often it is right.
 
-Beyond the tutorial, all off by default: --val-split (and --final-fit), --schedule, --augment and
---weight-decay.
+Beyond the tutorial, all off by default: --val-split (and --final-fit), --schedule, --augment,
+--mixup and --weight-decay.
 """
 import sys
 
@@ -29,7 +29,7 @@ def main(argv=None):
     out_dir = common.prepare_out_dir(args.out_dir)
     print(f"Settings: dropout {args.dropout}, epochs {args.epochs}, batch size {args.batch_size}, lr {args.lr}, "
           f"weight decay {args.weight_decay}, schedule {args.schedule}, augment {args.augment}, "
-          f"validation split {args.val_split}, seed {args.seed}, device {device}")
+          f"mixup {args.mixup}, validation split {args.val_split}, seed {args.seed}, device {device}")
     trainloader, testloader = common.load_data(args.data_dir, args.batch_size, download=not args.no_download)
 
     # ------------------------------------------------------------------ "Define our new Network with Dropouts"
@@ -39,6 +39,8 @@ def main(argv=None):
     # ------------------------------------------------------------------ "Now let's train this model!"
     # Use Negative Log Likelihood as our loss function
     loss_function = nn.NLLLoss()
+    if args.mixup:      # beyond the tutorial: a mixed image's label is two probabilities, which NLLLoss cannot
+        loss_function = nn.CrossEntropyLoss()       # take; on log-probabilities this is the same loss, and takes them
     # Use ADAM optimizer; fused=True (ours) updates all weights in one kernel: the same maths, faster
     if args.weight_decay == 0:
         optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
@@ -54,8 +56,9 @@ def main(argv=None):
         run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device)
 
     # ------------------------------------------------------------------ "Plot again the graph and see the difference"
+    training = f", mixup {args.mixup}: training (mixed images)" if args.mixup else ": training"
     common.save_run("dropout", run, args.dropout, out_dir,
-                    f"With dropout p={args.dropout}: training and validation loss")
+                    f"With dropout p={args.dropout}{training} and validation loss")
     common.print_summary(run)
     baseline = common.read_history(out_dir / "baseline_history.json")
     if baseline and run.epochs and baseline.validated_on == run.validated_on:      # validated on the same set
@@ -88,6 +91,9 @@ def parse_args(argv):
                         help="learning rate schedule: cosine decays it to zero over the run, batch by batch")
     beyond.add_argument("--augment", choices=("none", "shift", "shift+flip"), default="none",
                         help="random shifts of up to 2 pixels (and left-right mirroring) of the training batches")
+    beyond.add_argument("--mixup", type=common.non_negative_float, default=0.0, metavar="ALPHA",
+                        help="train on pairs of images mixed in a proportion drawn from Beta(ALPHA, ALPHA) "
+                             "per batch, with their labels mixed alike; 0 is off")
     beyond.add_argument("--final-fit", action="store_true",
                         help="with --val-split: once the epoch is chosen, train again from scratch on all the "
                              "training images for that many epochs, and test that network once")
@@ -98,11 +104,11 @@ def parse_args(argv):
 
 
 def beyond_the_tutorial(args):
-    return args.val_split or args.schedule != "none" or args.augment != "none"
+    return args.val_split or args.schedule != "none" or args.augment != "none" or args.mixup
 
 
 def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device):
-    """The same training with a validation split, a learning rate schedule or augmented batches."""
+    """The same training with a validation split, a learning rate schedule, or augmented or mixed batches."""
     valloader, validated_on = testloader, "test"
     if args.val_split:
         trainloader, valloader = common.hold_out(trainloader, args.val_split, args.seed, args.batch_size)
@@ -121,9 +127,11 @@ def train_beyond_the_tutorial(args, model, trainloader, testloader, loss_functio
 
 
 def with_flags(args, trainloader, optimizer):
-    """trainloader with --augment, and the --schedule stepped after each batch; as train()'s arguments."""
+    """trainloader with --augment and --mixup, and the --schedule stepped after each batch; as train()'s arguments."""
     if args.augment != "none":
         trainloader = common.Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
+    if args.mixup:
+        trainloader = common.Mixup(trainloader, args.mixup)
     scheduler = None
     if args.schedule == "cosine":
         scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(trainloader))

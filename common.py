@@ -398,6 +398,26 @@ class Augmented:
             yield padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1), labels
 
 
+class Mixup:
+    """A trainloader whose batches come mixed in pairs (mixup, https://arxiv.org/abs/1710.09412): each
+    image becomes lam * itself + (1 - lam) * another of the batch, and its label the probabilities lam for
+    its class and 1 - lam for the other's, lam drawn per batch from Beta(alpha, alpha) (--mixup)."""
+
+    def __init__(self, loader, alpha):
+        self.loader, self.dataset = loader, loader.dataset
+        self.beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:                                   # (B, 1, 28, 28), (B,)
+            lam = self.beta.sample().item()
+            other = torch.randperm(len(labels))
+            targets = F.one_hot(labels, len(CLASSES)).float()                 # (B, 10)
+            yield lam * images + (1 - lam) * images[other], lam * targets + (1 - lam) * targets[other]
+
+
 # ----------------------------------------------------------------------------- errors and files
 
 def fail(message, status=2):

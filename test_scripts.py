@@ -534,6 +534,46 @@ class BeyondTheTutorialTests(TinyDataTestCase):
             self.assertTrue(any(torch.equal(result, c) for c in candidates))
         self.assertFalse(torch.equal(augmented, images))
 
+    def test_mixup_mixes_pairs_of_images_and_their_labels_alike(self):
+        images = torch.rand(16, 1, 28, 28) * 2 - 1
+        labels = torch.arange(16) % 10                                       # distinct within each batch of 8
+        one_hot = F.one_hot(labels, 10).float()
+        loader = common.Mixup(common.make_loader(images, labels, 8, shuffle=False), alpha=0.2)
+        torch.manual_seed(0)
+        lams = []
+        for (mixed, targets), start in zip(loader, (0, 8)):
+            batch = range(start, start + 8)
+            lam = targets[torch.arange(8), labels[start:start + 8]].min().item()     # each image's own share
+            lams.append(lam)
+            self.assertTrue(torch.allclose(targets.sum(1), torch.ones(8)))
+            for i, own in enumerate(batch):
+                # lam of its own image and label, 1 - lam of another's (or of itself, drawn as its own pair)
+                pairs = [(lam * images[own] + (1 - lam) * images[j], lam * one_hot[own] + (1 - lam) * one_hot[j])
+                         for j in batch]
+                self.assertTrue(any(torch.allclose(mixed[i], image, atol=1e-6) and
+                                    torch.allclose(targets[i], target, atol=1e-6) for image, target in pairs))
+        self.assertTrue(all(0 < lam < 1 for lam in lams) and lams[0] != lams[1], lams)     # drawn per batch
+
+    def test_mixup_trains_with_a_loss_that_takes_probabilities_and_is_nllloss_on_labels(self):
+        seen = []
+        real_train = common.train
+
+        def spy(model, trainloader, valloader, loss_function, *args, **kwargs):
+            seen.append((trainloader, loss_function))
+            return real_train(model, trainloader, valloader, loss_function, *args, **kwargs)
+
+        with mock.patch.object(dropout, "train", spy):
+            self.train_script(dropout, "--epochs", 2, "--mixup", 0.2, "--dropout", 0)
+        (trainloader, loss_function), = seen
+        self.assertIsInstance(trainloader, common.Mixup)
+        log_ps = F.log_softmax(torch.randn(6, 10), dim=1)
+        a, b = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([9, 8, 7, 6, 5, 4])
+        self.assertAlmostEqual(loss_function(log_ps, a).item(), F.nll_loss(log_ps, a).item(), places=5)
+        mixed = 0.3 * F.one_hot(a, 10).float() + 0.7 * F.one_hot(b, 10).float()
+        self.assertAlmostEqual(loss_function(log_ps, mixed).item(),
+                               0.3 * F.nll_loss(log_ps, a).item() + 0.7 * F.nll_loss(log_ps, b).item(), places=5)
+        self.assert_refused(dropout, ["--mixup", "-0.2"], "--mixup", "at least 0")
+
     def test_weight_decay_uses_adamw(self):
         seen = []
 
