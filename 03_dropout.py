@@ -39,8 +39,10 @@ def main(argv=None):
     # ------------------------------------------------------------------ "Now let's train this model!"
     # Use Negative Log Likelihood as our loss function
     loss_function = nn.NLLLoss()
-    if args.mixup:      # beyond the tutorial: a mixed image's label is two probabilities, which NLLLoss cannot
-        loss_function = nn.CrossEntropyLoss()       # take; on log-probabilities this is the same loss, and takes them
+    # --mixup, beyond the tutorial: a mixed image's label is two probabilities, which NLLLoss cannot take.
+    # CrossEntropyLoss can; its log_softmax leaves our log-probabilities as they are, so on labels it is NLLLoss.
+    if args.mixup:
+        loss_function = nn.CrossEntropyLoss()
     # Use ADAM optimizer; fused=True (ours) updates all weights in one kernel: the same maths, faster
     if args.weight_decay == 0:
         optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
@@ -56,14 +58,15 @@ def main(argv=None):
         run = train_beyond_the_tutorial(args, model, trainloader, testloader, loss_function, optimizer, device)
 
     # ------------------------------------------------------------------ "Plot again the graph and see the difference"
-    training = f", mixup {args.mixup}: training (mixed images)" if args.mixup else ": training"
-    common.save_run("dropout", run, args.dropout, out_dir,
-                    f"With dropout p={args.dropout}{training} and validation loss")
+    title = f"With dropout p={args.dropout}: training and validation loss"
+    if args.mixup:
+        title = f"With dropout p={args.dropout}, mixup {args.mixup}: training (mixed images) and validation loss"
+    common.save_run("dropout", run, args.dropout, out_dir, title)
     common.print_summary(run)
     baseline = common.read_history(out_dir / "baseline_history.json")
     if baseline and run.epochs and baseline.validated_on == run.validated_on:      # validated on the same set
         path = out_dir / "baseline_vs_dropout.png"
-        runs = {"without dropout": baseline, f"dropout {args.dropout}": run}
+        runs = {"without dropout": baseline, f"dropout {args.dropout}{mixup_label(args)}": run}
         common.save_figure(common.plot_losses(runs, "Without and with dropout: training and validation loss"), path)
         for name, r in runs.items():
             print(f"{name.capitalize() + ':':<17} final validation loss {r.test_losses[-1]:.3f}, "
@@ -71,7 +74,7 @@ def main(argv=None):
         print(f"Wrote {path}")
     if run.epochs and not args.val_split:
         # Beyond the tutorial: what overfitting spoils is the network's confidence (confidence.png).
-        compare_confidence(out_dir, testloader, device)
+        compare_confidence(out_dir, testloader, device, f"dropout{mixup_label(args)}")
     if args.final_fit and run.epochs and not run.stopped:
         return final_fit(args, run.best_epoch, trainloader, testloader, loss_function, device, out_dir)
     return run.exit_status
@@ -100,7 +103,14 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.final_fit and not args.val_split:
         parser.error("argument --final-fit: needs --val-split N, to choose the number of epochs on")
+    if 0 < args.mixup < 0.001:
+        parser.error(f"argument --mixup: {args.mixup} is too small to draw proportions from; use 0 (off) or a "
+                     "number of at least 0.001")
     return args
+
+
+def mixup_label(args):
+    return f", mixup {args.mixup}" if args.mixup else ""
 
 
 def beyond_the_tutorial(args):
@@ -189,10 +199,10 @@ def calibration(log_ps, labels, bins=15):
             "wrong_confidence": confidence[~right]}
 
 
-def compare_confidence(out_dir, testloader, device):
+def compare_confidence(out_dir, testloader, device, name="dropout"):
     """Calibration of the last epochs of 02_baseline.py and 03_dropout.py on the test set: printed,
     and drawn in confidence.png."""
-    paths = {"without dropout": out_dir / "baseline.pt", "dropout": out_dir / "dropout.pt"}
+    paths = {"without dropout": out_dir / "baseline.pt", name: out_dir / "dropout.pt"}
     missing = [path.name for path in paths.values() if not path.is_file()]
     if missing:
         print(f"confidence.png not written: {missing[0]} is not in {out_dir} (run 02_baseline.py first).")

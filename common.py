@@ -80,7 +80,7 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             running_loss = 0
             # Loop through all of the train set forward and back propagate
             for images, labels in trainloader:
-                images, labels = images.to(device), labels.to(device)     # (B, 1, 28, 28), (B,)
+                images, labels = images.to(device), labels.to(device)     # (B, 1, 28, 28), (B,) or --mixup's (B, 10)
                 optimizer.zero_grad()                      # Clear the previous gradients
                 log_ps = model(images)                     # Forwardpropagate
                 loss = loss_function(log_ps, labels)       # Calculate the loss: the mean over the batch

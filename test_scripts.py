@@ -559,13 +559,17 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         real_train = common.train
 
         def spy(model, trainloader, valloader, loss_function, *args, **kwargs):
-            seen.append((trainloader, loss_function))
+            seen.append((trainloader, valloader, loss_function))
             return real_train(model, trainloader, valloader, loss_function, *args, **kwargs)
 
         with mock.patch.object(dropout, "train", spy):
+            self.train_script(dropout, "--epochs", 1, "--mixup", 0)
             self.train_script(dropout, "--epochs", 2, "--mixup", 0.2, "--dropout", 0)
-        (trainloader, loss_function), = seen
+        (off_loader, _, off_loss), (trainloader, valloader, loss_function) = seen
+        self.assertNotIsInstance(off_loader, common.Mixup)                    # --mixup 0 is off: the tutorial's loss
+        self.assertIsInstance(off_loss, nn.NLLLoss)
         self.assertIsInstance(trainloader, common.Mixup)
+        self.assertEqual(next(iter(valloader))[1].dim(), 1)                  # validated on plain images and labels
         log_ps = F.log_softmax(torch.randn(6, 10), dim=1)
         a, b = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([9, 8, 7, 6, 5, 4])
         self.assertAlmostEqual(loss_function(log_ps, a).item(), F.nll_loss(log_ps, a).item(), places=5)
@@ -573,6 +577,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertAlmostEqual(loss_function(log_ps, mixed).item(),
                                0.3 * F.nll_loss(log_ps, a).item() + 0.7 * F.nll_loss(log_ps, b).item(), places=5)
         self.assert_refused(dropout, ["--mixup", "-0.2"], "--mixup", "at least 0")
+        self.assert_refused(dropout, ["--mixup", "1e-50"], "--mixup", "0 (off)", "at least 0.001")
 
     def test_weight_decay_uses_adamw(self):
         seen = []
