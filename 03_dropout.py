@@ -217,10 +217,11 @@ def compare_confidence(out_dir, testloader, device, name="dropout"):
             return
         with torch.no_grad():
             stats[f"{name} (epoch {checkpoint['epoch']})"] = calibration(model(images.to(device)).cpu(), labels)
-    print(f"{'test set':<27} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = {'right':>5} + "
+    width = max(map(len, stats))
+    print(f"{'test set':<{width}} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = {'right':>5} + "
           f"{'wrong':>5} (of which sure and wrong: images, loss)")
     for name, c in stats.items():
-        print(f"{name:<27} {c['accuracy']:>8.3f} {c['confidence']:>10.3f} {c['ece']:>6.3f} {c['loss']:>6.3f} = "
+        print(f"{name:<{width}} {c['accuracy']:>8.3f} {c['confidence']:>10.3f} {c['ece']:>6.3f} {c['loss']:>6.3f} = "
               f"{c['loss_right']:>5.3f} + {c['loss_wrong']:>5.3f} ({c['sure_wrong']} of {c['wrong']} wrong "
               f"with over 90% confidence: {c['loss_sure_wrong']:.3f})")
     path = out_dir / "confidence.png"
