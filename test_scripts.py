@@ -336,18 +336,26 @@ class RealDataTests(unittest.TestCase):
         history = json.loads((self.out_dir / "baseline_history.json").read_text())
         self.assertGreater(history["accuracies"][0], 0.80)
 
-    def test_photos_of_test_images_are_read_about_as_well_as_the_images(self):
+    def test_photos_of_test_images_get_the_answers_of_the_images(self):
+        # Per image, not per accuracy: how often a photo's answer is the image's own does not depend
+        # on how well a one-epoch network is trained, which differs from one CPU to another.
+        # Measured: 0.94 to 0.95 agreement, correlation 0.93; without the negation 0.03 and -0.93,
+        # a garment not trimmed to fill the square 0.15 to 0.35 and 0.41.
         model, _ = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
-        images, labels = self.testdataset.data[:100], self.testdataset.targets[:100]
+        images = self.testdataset.data[:300]
         photos = []
         for i, image in enumerate(images):
             path = self.out_dir / "photo.jpg"
             path.write_bytes(render_as_photo(image, seed=i))
             photos.append(common.prepare_image(path)[0])
+        photos, originals = torch.cat(photos), common.normalize(images)
         with torch.no_grad():
-            originals = (model(common.normalize(images)).argmax(dim=1) == labels).float().mean().item()
-            from_photos = (model(torch.cat(photos)).argmax(dim=1) == labels).float().mean().item()
-        self.assertGreater(from_photos, originals - 0.05)
+            agreement = (model(photos).argmax(dim=1) == model(originals).argmax(dim=1)).float().mean()
+        self.assertGreater(agreement.item(), 0.85)
+        # And without any network: each prepared photo correlates with its image, pixel by pixel.
+        a, b = (x.view(len(x), -1) - x.view(len(x), -1).mean(dim=1, keepdim=True) for x in (photos, originals))
+        correlation = ((a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-9)).mean()
+        self.assertGreater(correlation.item(), 0.85)
 
 
 # ----------------------------------------------------------------------------- step 2: network and loop
