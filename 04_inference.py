@@ -15,10 +15,82 @@ from matplotlib.figure import Figure
 import common
 
 
+def main(argv=None):
+    parser = common.make_parser(__doc__)
+    common.add_device_arg(parser)
+    parser.add_argument("--checkpoint", type=common.path_arg,
+                        help="checkpoint to load; OUT_DIR/dropout.pt if not given")
+    parser.add_argument("--index", type=common.non_negative_int, default=0,
+                        help="test image to classify")
+    parser.add_argument("--image", type=common.path_arg,
+                        help="classify your own PNG or JPEG instead of a test image")
+    args = parser.parse_args(argv)
+    device = common.get_device(args.device)
+    out_dir = common.prepare_out_dir(args.out_dir)
+
+    # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval()
+    checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
+    model, checkpoint = common.load_checkpoint(checkpoint_path, device)
+    print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
+    _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
+    images, labels = common.normalize(testdataset.data), testdataset.targets  # (N, 1, 28, 28), (N,)
+    if args.index >= len(images) and not args.image:
+        parser.error(f"argument --index: {args.index} is outside the test set; use 0 to "
+                     f"{len(images) - 1}")
+
+    # ------------------------------------------------------------------------------------ one image
+    if args.image:
+        img, about = common.prepare_image(args.image)      # about: what was done to it
+        name = f"Your image {Path(args.image).name}"
+        path = out_dir / "inference_image.png"
+    else:
+        # The tutorial's img = images[0] of next(iter(testloader)), a shuffled loader, is another
+        # image each run. Here the test set is in order: --index (0 by default) names one image.
+        img = images[args.index]
+        name, about = f"Test image {args.index}", f"true: {common.CLASSES[labels[args.index]]}"
+        path = out_dir / "inference.png"
+    # Convert 2D image to 1D vector: a batch of one image, (1, 784). forward() would flatten a
+    # (1, 1, 28, 28) image just as well: its x.view(x.shape[0], -1) does this for any batch.
+    img = img.view(1, 784)
+    with torch.no_grad():
+        output = model(img.to(device))     # log-probabilities; model(x) calls model.forward(x)
+    ps = torch.exp(output)                          # probabilities, summing to 1
+    top_p, top_class = ps.topk(3, dim=1)
+    print(f"{name} ({about}); the network's top 3:")
+    for p, c in zip(top_p[0].tolist(), top_class[0].tolist()):
+        print(f"  {common.CLASSES[c]:<12} {p:.3f}")
+    title = (f"{name}: predicted {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), "
+             f"{about}")
+    common.save_figure(common.view_classify(img, ps, title), path)
+    print(f"Wrote {path}")
+
+    # --------------------------------------------------------------------------- the whole test set
+    preds = predict(model, images, device)
+    confusion = torch.bincount(labels * 10 + preds, minlength=100).view(10, 10)  # [true, predicted]
+    correct, total = confusion.diag().sum().item(), confusion.sum().item()
+    print(f"Test accuracy: {correct / total:.4f} ({correct} of {total} images)")
+    print(f"{'class':<12} accuracy")
+    for class_name, right, count in zip(common.CLASSES, confusion.diag().tolist(),
+                                        confusion.sum(dim=1).tolist()):
+        print(f"{class_name:<12} {right / count if count else float('nan'):.3f}")
+    pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
+    a, b = divmod(pairs.argmax().item(), 10)
+    print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, "
+          f"{pairs[a, b].item()} times "
+          f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
+          f"{confusion[b, a].item()} the other way)")
+    for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
+                          ("mistakes.png", plot_mistakes(images, labels, preds))):
+        common.save_figure(fig, out_dir / filename)
+        print(f"Wrote {out_dir / filename}")
+    return 0
+
+
 def predict(model, images, device, batch_size=1000):
     """The most likely class of each image, (N,)."""
     with torch.no_grad():
-        return torch.cat([model(batch.to(device)).argmax(dim=1).cpu() for batch in images.split(batch_size)])
+        return torch.cat([model(batch.to(device)).argmax(dim=1).cpu()
+                          for batch in images.split(batch_size)])
 
 
 def plot_confusion_matrix(confusion):
@@ -40,83 +112,22 @@ def plot_confusion_matrix(confusion):
 
 
 def plot_mistakes(images, labels, preds, columns=8, rows=4):
-    """The first misclassified test images, tiled, each under what the network said and the truth."""
+    """The first misclassified test images, tiled, each under what the network said and the truth"""
     wrong = (preds != labels).nonzero().view(-1)[:columns * rows].tolist()
-    width, height = 28 + 6, 28 + 18                   # a tile: the image, with room for two lines above it
+    width, height = 28 + 6, 28 + 18            # a tile: the image, with room for two lines above it
     grid = torch.ones(rows * height, columns * width)                  # white: 1 in [-1, 1]
     fig = Figure(figsize=(columns * 1.3, rows * 1.6), layout="constrained")
     ax = fig.subplots()
     for n, index in enumerate(wrong):
         top, left = (n // columns) * height + 16, (n % columns) * width + 3
         grid[top:top + 28, left:left + 28] = images[index].view(28, 28)
-        ax.text(left + 14, top - 2, f"{common.CLASSES[preds[index]]}\n(is {common.CLASSES[labels[index]]})",
+        said, truth = common.CLASSES[preds[index]], common.CLASSES[labels[index]]
+        ax.text(left + 14, top - 2, f"{said}\n(is {truth})",
                 ha="center", va="bottom", fontsize=7)
     ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
     ax.set_axis_off()
     ax.set_title("Mistakes: what the network said (and the truth)")
     return fig
-
-
-def main(argv=None):
-    parser = common.make_parser(__doc__)
-    common.add_device_arg(parser)
-    parser.add_argument("--checkpoint", help="checkpoint to load; OUT_DIR/dropout.pt if not given")
-    parser.add_argument("--index", type=common.non_negative_int, default=0, help="test image to classify")
-    parser.add_argument("--image", help="classify your own PNG or JPEG instead of a test image")
-    args = parser.parse_args(argv)
-    device = common.get_device(args.device)
-    out_dir = common.prepare_out_dir(args.out_dir)
-
-    # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval().
-    checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
-    model, checkpoint = common.load_checkpoint(checkpoint_path, device)
-    print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
-    _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
-    images, labels = common.normalize(testdataset.data), testdataset.targets     # (N, 1, 28, 28), (N,)
-    if args.index >= len(images) and not args.image:
-        parser.error(f"argument --index: {args.index} is outside the test set; use 0 to {len(images) - 1}")
-
-    # ------------------------------------------------------------------ one image
-    if args.image:
-        img, truth = common.prepare_image(args.image)
-        name = f"Your image {Path(args.image).name}"
-        path = out_dir / "inference_image.png"
-    else:
-        # The tutorial takes images[0] of next(iter(testloader)), a shuffled loader: another image each
-        # run. Here the test set is in order, so --index (0 by default) names the same image every time.
-        img = images[args.index]
-        name, truth = f"Test image {args.index}", f"true: {common.CLASSES[labels[args.index]]}"
-        path = out_dir / "inference.png"
-    img = img.view(1, 784)                          # the network wants (1, 784)
-    with torch.no_grad():
-        output = model(img.to(device))              # log-probabilities; model(x) runs model.forward(x)
-    ps = torch.exp(output)                          # probabilities, summing to 1
-    top_p, top_class = ps.topk(3, dim=1)
-    print(f"{name} ({truth}); the network's top 3:")
-    for p, c in zip(top_p[0].tolist(), top_class[0].tolist()):
-        print(f"  {common.CLASSES[c]:<12} {p:.3f}")
-    title = f"{name}: predicted {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), {truth}"
-    common.save_figure(common.view_classify(img, ps, title), path)
-    print(f"Wrote {path}")
-
-    # ------------------------------------------------------------------ the whole test set
-    preds = predict(model, images, device)
-    confusion = torch.bincount(labels * 10 + preds, minlength=100).view(10, 10)   # [true, predicted]
-    correct, total = confusion.diag().sum().item(), confusion.sum().item()
-    print(f"Test accuracy: {correct / total:.4f} ({correct} of {total} images)")
-    print(f"{'class':<12} accuracy")
-    for class_name, right, count in zip(common.CLASSES, confusion.diag().tolist(), confusion.sum(dim=1).tolist()):
-        print(f"{class_name:<12} {right / count if count else float('nan'):.3f}")
-    pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
-    a, b = divmod(pairs.argmax().item(), 10)
-    print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, {pairs[a, b].item()} times "
-          f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
-          f"{confusion[b, a].item()} the other way)")
-    for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
-                          ("mistakes.png", plot_mistakes(images, labels, preds))):
-        common.save_figure(fig, out_dir / filename)
-        print(f"Wrote {out_dir / filename}")
-    return 0
 
 
 if __name__ == "__main__":

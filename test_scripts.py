@@ -5,6 +5,7 @@
 No test touches the internet. The checks on the real data run when Debian's
 dataset-fashion-mnist is installed (as in CI) and are skipped otherwise.
 """
+import argparse
 import contextlib
 import errno
 import gzip
@@ -40,6 +41,7 @@ data_step = importlib.import_module("01_data")
 baseline = importlib.import_module("02_baseline")
 dropout = importlib.import_module("03_dropout")
 inference = importlib.import_module("04_inference")
+beyond = importlib.import_module("05_beyond")
 
 # The tests' tiny batches gain nothing from a second thread, and the forked runs below use it.
 torch.set_num_threads(1)
@@ -85,11 +87,12 @@ def write_fake_fashion_mnist(folder, gz=True):
 
 
 def run_main(module, *args):
-    """Call a script's main() in-process; return (status, stdout, stderr). SystemExit becomes its code."""
+    """Run a script's main() in-process as the command line does (common.run_script); return
+    (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            status = module.main([str(a) for a in args])
+            common.run_script(lambda: module.main([str(a) for a in args]))
         except SystemExit as e:
             status = e.code
     return status, out.getvalue(), err.getvalue()
@@ -306,7 +309,7 @@ class DamagedDataTests(TinyDataTestCase):
         self.raw("t10k-labels-idx1-ubyte").write_bytes(idx_bytes(torch.zeros(N_TEST - 1, dtype=torch.uint8)))
         status, out, err = run_main(data_step, *self.paths())
         self.assertEqual(status, 2)
-        self.assertIn(f"holds {N_TEST} images but its labels file {N_TEST - 1} labels", err)
+        self.assertIn(f"the t10k split holds {N_TEST} images but {N_TEST - 1} labels", err)
 
     def test_an_idx_file_of_the_wrong_kind_is_refused(self):
         self.load()
@@ -457,15 +460,7 @@ class TrainingScriptTests(TinyDataTestCase):
         self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists())
         self.assertIn("confidence.png not written: baseline.pt is not in", out)      # one line says why
         self.assertFalse((self.out_dir / "confidence.png").exists())
-        for text in ('{"not": "a history"}', "[1, 2]", "half a file [", '{"validated_on": "test", "train_losses": [], '
-                     '"test_losses": [], "accuracies": [], "seconds": []}',
-                     '{"validated_on": "test", "train_losses": ["a"], "test_losses": [1], "accuracies": [1], '
-                     '"seconds": [1]}'):
-            self.tmp.joinpath("history.json").write_text(text)
-            self.assertIsNone(common.read_history(self.tmp / "history.json"), text)
-        self.train_script(baseline)
-        self.train_script(dropout, "--val-split", 60)     # validated on another set: no comparison
-        self.assertFalse((self.out_dir / "baseline_vs_dropout.png").exists())
+        self.assertIn("baseline_vs_dropout.png not written: ", out)
 
     def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(self):
         self.train_script(baseline, "--epochs", 4, "--lr", 0.05)
@@ -479,11 +474,47 @@ class TrainingScriptTests(TinyDataTestCase):
 # ----------------------------------------------------------------------------- beyond the tutorial
 
 class BeyondTheTutorialTests(TinyDataTestCase):
+    """05_beyond.py: the flags the tutorial does not have, and the honest choice they serve."""
+
+    def spy_on_training(self):
+        """Record (trainloader, valloader, loss_function, optimizer, epochs) of each common.train
+        call, and each common.evaluate call's images, in the order they happen."""
+        calls = []
+        real_train, real_evaluate = common.train, common.evaluate
+
+        def spy_train(model, trainloader, valloader, loss_function, optimizer, epochs, *a, **k):
+            run = real_train(model, trainloader, valloader, loss_function, optimizer, epochs, *a, **k)
+            calls.append(("train", trainloader, valloader, loss_function, optimizer, epochs, run))
+            return run
+
+        def spy_evaluate(model, images, *args):
+            calls.append(("evaluate", images))
+            return real_evaluate(model, images, *args)
+
+        for name, spy in (("train", spy_train), ("evaluate", spy_evaluate)):
+            patch = mock.patch.object(common, name, spy)
+            patch.start()
+            self.addCleanup(patch.stop)
+        return calls
+
+    def test_02_and_03_have_only_the_tutorials_knobs_and_05_the_rest(self):
+        def flags(module):
+            status, out, err = run_main(module, "--help")
+            self.assertEqual(status, 0, err)
+            return set(re.findall(r"^  (--[a-z-]+)", out, re.M))
+        knobs = {"--data-dir", "--out-dir", "--no-download", "--epochs", "--batch-size",
+                 "--lr", "--seed", "--device"}
+        self.assertEqual(flags(baseline), knobs)
+        self.assertEqual(flags(dropout), knobs | {"--dropout"})
+        self.assertEqual(flags(beyond), knobs | {"--dropout", "--val-split", "--final-fit", "--schedule",
+                                                 "--augment", "--mixup", "--weight-decay", "--sweep-dropout"})
+
     def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
         trainloader, _ = self.load()
         images = trainloader.dataset.tensors[0]
         key = lambda t: {tuple(x.flatten().tolist()[:200]) for x in t}
-        splits = [common.hold_out(trainloader, 50, seed, 64) for seed in (3, 3, 4)]
+        splits = [beyond.hold_out(trainloader, argparse.Namespace(val_split=50, seed=seed, batch_size=64))
+                  for seed in (3, 3, 4)]
         (train_a, val_a), (train_b, val_b), (_, val_c) = splits
         self.assertEqual((len(train_a.dataset), len(val_a.dataset)), (N_TRAIN - 50, 50))
         self.assertFalse(key(train_a.dataset.tensors[0]) & key(val_a.dataset.tensors[0]))
@@ -493,46 +524,29 @@ class BeyondTheTutorialTests(TinyDataTestCase):
 
     def test_with_a_val_split_the_test_set_is_evaluated_once(self):
         _, testloader = self.load()
-        test_images = testloader.dataset.tensors[0]
-        validated, evaluated = [], []
-        real_train, real_evaluate = common.train, common.evaluate
-
-        def spy_train(model, trainloader, valloader, *args, **kwargs):
-            validated.append(valloader.dataset.tensors[0])
-            return real_train(model, trainloader, valloader, *args, **kwargs)
-
-        def spy_evaluate(model, images, *args):
-            evaluated.append(images)
-            return real_evaluate(model, images, *args)
-
-        with mock.patch.object(dropout, "train", spy_train), mock.patch.object(common, "evaluate", spy_evaluate):
-            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60)
-        (val_images,), (once,) = validated, evaluated
-        self.assertEqual(len(val_images), 60)
-        self.assertTrue(torch.equal(once, test_images))
+        calls = self.spy_on_training()
+        out = self.train_script(beyond, "--epochs", 3, "--val-split", 60)
+        (_, trainloader, valloader, *_), (_, once) = calls
+        self.assertEqual((len(trainloader.dataset), len(valloader.dataset)), (N_TRAIN - 60, 60))
+        self.assertTrue(torch.equal(once, testloader.dataset.tensors[0]))
         self.assertIn("Validation Loss", out)
-        history = json.loads((self.out_dir / "dropout_history.json").read_text())
+        history = json.loads((self.out_dir / "beyond_history.json").read_text())
         self.assertEqual(history["validated_on"], "validation")
-        _, checkpoint = common.load_checkpoint(self.out_dir / "dropout_best.pt", torch.device("cpu"))
+        self.assertTrue(is_png(self.out_dir / "beyond_loss.png"))
+        _, checkpoint = common.load_checkpoint(self.out_dir / "beyond_best.pt", torch.device("cpu"))
         self.assertIn("test_accuracy", checkpoint["metrics"])
+        self.assertFalse((self.out_dir / "dropout.pt").exists())        # 03's files are its own
 
     def test_cosine_schedule_ends_at_zero_learning_rate(self):
-        seen = []
-        real_train = common.train
-
-        def spy(model, trainloader, valloader, loss_function, optimizer, *args, **kwargs):
-            run = real_train(model, trainloader, valloader, loss_function, optimizer, *args, **kwargs)
-            seen.append(optimizer.param_groups[0]["lr"])
-            return run
-
-        with mock.patch.object(dropout, "train", spy):
-            self.train_script(dropout, "--epochs", 2, "--schedule", "cosine")
-        self.assertLess(seen[0], 1e-9)
+        calls = self.spy_on_training()
+        self.train_script(beyond, "--epochs", 2, "--schedule", "cosine")
+        (_, _, _, _, optimizer, *_), = calls
+        self.assertLess(optimizer.param_groups[0]["lr"], 1e-9)
 
     def test_augmentation_shifts_and_mirrors_whole_batches_and_keeps_labels(self):
         images = torch.rand(8, 1, 28, 28) * 2 - 1
         labels = torch.arange(8)
-        loader = common.Augmented(common.make_loader(images, labels, 8, shuffle=False), shift=2, flip=True)
+        loader = beyond.Augmented(common.make_loader(images, labels, 8, shuffle=False), shift=2, flip=True)
         torch.manual_seed(0)
         (augmented, same_labels), = list(loader)
         self.assertTrue(torch.equal(same_labels, labels))
@@ -546,7 +560,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         images = torch.rand(16, 1, 28, 28) * 2 - 1
         labels = torch.arange(16) % 10                                       # distinct within each batch of 8
         one_hot = F.one_hot(labels, 10).float()
-        loader = common.Mixup(common.make_loader(images, labels, 8, shuffle=False), alpha=0.2)
+        loader = beyond.Mixup(common.make_loader(images, labels, 8, shuffle=False), alpha=0.2)
         torch.manual_seed(0)
         lams = []
         for (mixed, targets), start in zip(loader, (0, 8)):
@@ -563,20 +577,13 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertTrue(all(0 < lam < 1 for lam in lams) and lams[0] != lams[1], lams)     # drawn per batch
 
     def test_mixup_trains_with_a_loss_that_takes_probabilities_and_is_nllloss_on_labels(self):
-        seen = []
-        real_train = common.train
-
-        def spy(model, trainloader, valloader, loss_function, *args, **kwargs):
-            seen.append((trainloader, valloader, loss_function))
-            return real_train(model, trainloader, valloader, loss_function, *args, **kwargs)
-
-        with mock.patch.object(dropout, "train", spy):
-            self.train_script(dropout, "--epochs", 1, "--mixup", 0)
-            self.train_script(dropout, "--epochs", 2, "--mixup", 0.2, "--dropout", 0)
-        (off_loader, _, off_loss), (trainloader, valloader, loss_function) = seen
-        self.assertNotIsInstance(off_loader, common.Mixup)                    # --mixup 0 is off: the tutorial's loss
+        calls = self.spy_on_training()
+        self.train_script(beyond, "--epochs", 1, "--mixup", 0)
+        self.train_script(beyond, "--epochs", 2, "--mixup", 0.2, "--dropout", 0)
+        (_, off_loader, _, off_loss, *_), (_, trainloader, valloader, loss_function, *_) = calls
+        self.assertNotIsInstance(off_loader, beyond.Mixup)                  # --mixup 0 is off: the tutorial's loss
         self.assertIsInstance(off_loss, nn.NLLLoss)
-        self.assertIsInstance(trainloader, common.Mixup)
+        self.assertIsInstance(trainloader, beyond.Mixup)
         self.assertEqual(next(iter(valloader))[1].dim(), 1)                  # validated on plain images and labels
         log_ps = F.log_softmax(torch.randn(6, 10), dim=1)
         a, b = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([9, 8, 7, 6, 5, 4])
@@ -584,25 +591,82 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         mixed = 0.3 * F.one_hot(a, 10).float() + 0.7 * F.one_hot(b, 10).float()
         self.assertAlmostEqual(loss_function(log_ps, mixed).item(),
                                0.3 * F.nll_loss(log_ps, a).item() + 0.7 * F.nll_loss(log_ps, b).item(), places=5)
-        self.assert_refused(dropout, ["--mixup", "-0.2"], "--mixup", "at least 0")
-        self.assert_refused(dropout, ["--mixup", "1e-50"], "--mixup", "0 (off)", "at least 0.001")
+        self.assert_refused(beyond, ["--mixup", "-0.2"], "--mixup", "at least 0")
+        self.assert_refused(beyond, ["--mixup", "1e-50"], "--mixup", "0 (off)", "at least 0.001")
 
-    def test_weight_decay_uses_adamw(self):
-        seen = []
+    def test_weight_decay_is_adamw_and_without_it_the_tutorials_adam(self):
+        calls = self.spy_on_training()
+        self.train_script(beyond, "--weight-decay", 0.05)
+        self.train_script(beyond)
+        optimizers = [(type(c[4]), c[4].param_groups[0]["weight_decay"]) for c in calls]
+        self.assertEqual(optimizers, [(optim.AdamW, 0.05), (optim.Adam, 0)])
 
-        class Enough(Exception):
-            """Stops the script once its optimizer is seen: no need to train."""
+    def test_final_fit_trains_on_all_images_and_tests_once(self):
+        self.assert_refused(beyond, ["--final-fit"], "--final-fit", "--val-split")
+        calls = self.spy_on_training()
+        out = self.train_script(beyond, "--epochs", 3, "--val-split", 60, "--final-fit", "--schedule", "cosine",
+                                "--weight-decay", 0.05)
+        best = json.loads((self.out_dir / "beyond_history.json").read_text())["test_losses"]
+        chosen = 1 + best.index(min(best))
+        self.assertEqual([(c[0], len(c[1].dataset), c[5]) if c[0] == "train" else (c[0], len(c[1]))
+                          for c in calls], [("train", N_TRAIN - 60, 3), ("train", N_TRAIN, chosen),
+                                            ("evaluate", N_TEST)])
+        self.assertIn(f"Test set, once, with the final fit's {chosen} epochs", out)
+        model, checkpoint = common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
+        _, accuracy = common.evaluate(model, *self.load()[1].dataset.tensors, torch.device("cpu"))
+        self.assertAlmostEqual(accuracy, checkpoint["metrics"]["test_accuracy"], places=6)     # its own weights
+        _, best = common.load_checkpoint(self.out_dir / "beyond_best.pt", torch.device("cpu"))
+        self.assertNotIn("test_accuracy", best["metrics"])
 
-        def spy(model, trainloader, valloader, loss_function, optimizer, *args, **kwargs):
-            seen.append((type(optimizer), optimizer.param_groups[0]["weight_decay"]))
-            raise Enough
+    def test_dropout_sweep_prints_its_runs_chooses_by_validation_then_tests_once(self):
+        self.assert_refused(beyond, ["--sweep-dropout", "0", "0.5"], "--sweep-dropout", "--val-split")
+        calls = self.spy_on_training()
+        out = self.train_script(beyond, "--epochs", 3, "--lr", 0.02, "--val-split", 60,
+                                "--sweep-dropout", 0, 0.5, "--final-fit")
+        sweep = json.loads((self.out_dir / "dropout_sweep.json").read_text())
+        self.assertTrue(is_png(self.out_dir / "dropout_sweep.png"))
+        trainings = [c for c in calls if c[0] == "train"]
+        self.assertEqual([len(c[1].dataset) for c in trainings], [N_TRAIN - 60] * 2 + [N_TRAIN])
+        # The table's rows are the runs' histories, each as train() returned it.
+        for (p, history), (*_, run) in zip(sweep["runs"].items(), trainings):
+            self.assertEqual(history["test_losses"], run.test_losses)
+            best = run.best_epoch
+            row = (f"{float(p):>7} {run.test_losses[best - 1]:>15.3f} {best:>8} {run.test_losses[-1]:>14.3f} "
+                   f"{run.test_losses[-1] - run.train_losses[-1]:>+9.3f} {run.accuracies[best - 1]:>22.3f}")
+            self.assertIn(row, out)
+        lowest = {float(p): min(h["test_losses"]) for p, h in sweep["runs"].items()}
+        chosen = min(lowest, key=lowest.get)
+        epochs = 1 + sweep["runs"][str(chosen)]["test_losses"].index(lowest[chosen])
+        self.assertEqual(sweep["chosen"], {"dropout": chosen, "epochs": epochs})
+        self.assertIn(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.", out)
+        # The test set only once, after the choice, on the final fit of that choice.
+        self.assertEqual([c[0] for c in calls], ["train", "train", "train", "evaluate"])
+        self.assertEqual(trainings[-1][5], epochs)
+        _, checkpoint = common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
+        self.assertEqual((checkpoint["dropout"], checkpoint["epoch"]), (chosen, epochs))
 
-        for module in (baseline, dropout):
-            with mock.patch.object(module, "train", spy), contextlib.redirect_stdout(io.StringIO()):
-                for args in (["--weight-decay", "0.05"], []):
-                    with self.assertRaises(Enough):
-                        module.main([*map(str, self.paths()), *args])
-        self.assertEqual(seen, [(optim.AdamW, 0.05), (optim.Adam, 0)] * 2)
+    def test_same_sweep_same_table_and_an_interrupted_sweep_keeps_its_finished_runs(self):
+        args = ["--epochs", 2, "--val-split", 60, "--sweep-dropout", 0.1, 0.3]
+        tables = [self.train_script(beyond, *args, "--out-dir", self.out_dir / str(n)).split("\n\ndropout")[1]
+                  for n in range(2)]
+        self.assertEqual(tables[0].split("Wrote")[0], tables[1].split("Wrote")[0])
+        real_train, seen = common.train, []
+
+        def interrupted_second(*a, **k):        # Ctrl-C during the second run's second epoch
+            seen.append(1)
+            run = real_train(*a, **{**k}) if len(seen) == 1 else real_train(*a[:5], 1, *a[6:], **k)
+            if len(seen) == 2:
+                run.stopped = "interrupted"
+            return run
+
+        with mock.patch.object(common, "train", interrupted_second):
+            status, out, err = run_main(beyond, *self.paths(), *args)
+        self.assertEqual(status, 130, err)
+        sweep = json.loads((self.out_dir / "dropout_sweep.json").read_text())
+        self.assertEqual(list(sweep["runs"]), ["0.1", "0.3"])
+        self.assertIsNone(sweep["chosen"])
+        self.assertTrue(is_png(self.out_dir / "dropout_sweep.png"))
+        self.assertIn("no choice made", err)
 
 
 class ConfidenceTests(TinyDataTestCase):
@@ -633,33 +697,6 @@ class ConfidenceTests(TinyDataTestCase):
         self.assertAlmostEqual(c["loss_right"], -(math.log(0.9) + math.log(0.6) + math.log(0.3)) / 4, places=5)
         self.assertAlmostEqual(c["loss_right"] + c["loss_wrong"], c["loss"], places=5)
         self.assertEqual((c["wrong"], c["sure_wrong"]), (1, 0))
-
-    def test_final_fit_trains_on_all_images_and_tests_once(self):
-        self.assert_refused(dropout, ["--final-fit"], "--final-fit", "--val-split")
-        fits, evaluated = [], []
-        real_train, real_evaluate = common.train, common.evaluate
-
-        def spy_train(model, trainloader, valloader, loss_function, optimizer, epochs, *args, **kwargs):
-            fits.append((len(trainloader.dataset), epochs))
-            return real_train(model, trainloader, valloader, loss_function, optimizer, epochs, *args, **kwargs)
-
-        def spy_evaluate(model, images, *args):
-            evaluated.append(len(images))
-            return real_evaluate(model, images, *args)
-
-        with mock.patch.object(dropout, "train", spy_train), mock.patch.object(common, "evaluate", spy_evaluate):
-            out = self.train_script(dropout, "--epochs", 3, "--val-split", 60, "--final-fit", "--schedule", "cosine",
-                                    "--weight-decay", 0.05)
-        best = json.loads((self.out_dir / "dropout_history.json").read_text())["test_losses"]
-        chosen = 1 + best.index(min(best))
-        self.assertEqual(fits, [(N_TRAIN - 60, 3), (N_TRAIN, chosen)])
-        self.assertEqual(evaluated, [N_TEST])
-        self.assertIn(f"Test set, once, with the final fit's {chosen} epochs", out)
-        model, checkpoint = common.load_checkpoint(self.out_dir / "dropout_final.pt", torch.device("cpu"))
-        _, accuracy = common.evaluate(model, *self.load()[1].dataset.tensors, torch.device("cpu"))
-        self.assertAlmostEqual(accuracy, checkpoint["metrics"]["test_accuracy"], places=6)     # its own weights
-        _, best = common.load_checkpoint(self.out_dir / "dropout_best.pt", torch.device("cpu"))
-        self.assertNotIn("test_accuracy", best["metrics"])
 
 
 # ----------------------------------------------------------------------------- step 4: inference
@@ -955,7 +992,7 @@ class MistakeTests(TinyDataTestCase):
                  (baseline, ["--lr", "nan"], "--lr", "greater than 0"),
                  (dropout, ["--dropout", "1"], "--dropout", "from 0 up to but not including 1"),
                  (dropout, ["--dropout", "-0.1"], "--dropout", "from 0 up to but not including 1"),
-                 (dropout, ["--val-split", str(N_TRAIN)], "--val-split", f"from 1 to {N_TRAIN - 1}"),
+                 (beyond, ["--val-split", str(N_TRAIN)], "--val-split", f"from 1 to {N_TRAIN - 1}"),
                  (inference, ["--index", "-1"], "--index", "at least 0")]
         for module, args, *phrases in cases:
             with self.subTest(args=args):
@@ -963,14 +1000,14 @@ class MistakeTests(TinyDataTestCase):
 
     def test_every_seed_the_flag_accepts_torch_accepts(self):
         top = str(2 ** 64 - 1)
-        for args in (["--seed", top], ["--seed", top, "--val-split", "60"]):
-            self.train_script(dropout, *args)
-        for module in (baseline, dropout):
+        self.train_script(dropout, "--seed", top)
+        self.train_script(beyond, "--seed", top, "--val-split", "60")
+        for module in (baseline, dropout, beyond):
             for seed in ("-1", str(2 ** 64), "1.5"):
                 self.assert_refused(module, ["--seed", seed], "--seed", f"from 0 to {top}")
         self.assert_refused(baseline, ["--batch-size", "60001"], "--batch-size", "from 1 to 60000")
         self.assert_refused(baseline, ["--lr", "inf"], "--lr", "greater than 0")
-        self.assert_refused(dropout, ["--weight-decay", "inf"], "--weight-decay", "at least 0")
+        self.assert_refused(beyond, ["--weight-decay", "inf"], "--weight-decay", "at least 0")
 
     def test_a_setting_that_points_nowhere_is_named(self):
         empty = self.tmp / "empty"
