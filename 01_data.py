@@ -72,7 +72,7 @@ def plot_samples(images, labels, per_class=8):
             grid[top:top + 28, left:left + 28] = images[index]
     fig = Figure(figsize=(per_class * 0.9 + 1.6, 10 * 0.95), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=255)
     ax.set_yticks([label * (28 + gap) + 14 for label in range(10)], common.CLASSES, fontsize=11)
     ax.set_xticks([])
     ax.spines[:].set_visible(False)

@@ -144,7 +144,8 @@ def plot_confidence(stats):
     reliability.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
     for (name, c), color in zip(stats.items(), ("tab:blue", "tab:orange")):
         used = c["count"] > 0
-        reliability.plot(c["bin_confidence"][used], c["bin_accuracy"][used], "o-", color=color,
+        reliability.plot(c["bin_confidence"][used].tolist(), c["bin_accuracy"][used].tolist(), "o-",
+                         color=color,
                          label=f"{name}: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}")
         wrong.hist(c["wrong_confidence"].tolist(), bins=15, range=(0, 1), histtype="step",
                    linewidth=2, color=color,

@@ -97,7 +97,7 @@ def plot_confusion_matrix(confusion):
     """10x10 counts: rows are the true classes, columns the predicted ones."""
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(confusion, cmap="Blues")
+    ax.imshow(confusion.numpy(), cmap="Blues")
     for true in range(10):
         for pred in range(10):
             count = confusion[true, pred].item()
@@ -124,7 +124,7 @@ def plot_mistakes(images, labels, preds, columns=8, rows=4):
         said, truth = common.CLASSES[preds[index]], common.CLASSES[labels[index]]
         ax.text(left + 14, top - 2, f"{said}\n(is {truth})",
                 ha="center", va="bottom", fontsize=7)
-    ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
+    ax.imshow(grid.numpy(), cmap="gray", vmin=-1, vmax=1)
     ax.set_axis_off()
     ax.set_title("Mistakes: what the network said (and the truth)")
     return fig

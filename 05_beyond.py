@@ -51,8 +51,9 @@ def main(argv=None):
         print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
               f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
     if run.epochs:
-        fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}: "
-                                 "training and validation loss")
+        mixed = " (on mixed images)" * bool(args.mixup)
+        fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
+                                 f"training{mixed} and validation loss")
         common.save_figure(fig, out_dir / "beyond_loss.png")
     common.save_run("beyond", run, args.dropout, out_dir)
     common.print_summary(run)
@@ -164,11 +165,12 @@ def sweep(args, trainloader, testloader, device, out_dir):
     if not runs:
         print("No epoch was completed: nothing to draw.")
         return run.exit_status
+    # The gap: the final validation loss above the final training loss (overfitting when large).
     print(f"\n{'dropout':>7} {'lowest val loss':>15} {'at epoch':>8} {'final val loss':>14} "
           f"{'final gap':>9} {'val accuracy at lowest':>22}")
     for p, r in runs.items():
         best = r.best_epoch
-        print(f"{p:>7} {r.test_losses[best - 1]:>15.3f} {best:>8} {r.test_losses[-1]:>14.3f} "
+        print(f"{p:>7} {r.test_losses[best - 1]:>15.4f} {best:>8} {r.test_losses[-1]:>14.4f} "
               f"{r.test_losses[-1] - r.train_losses[-1]:>+9.3f} {r.accuracies[best - 1]:>22.3f}")
     chosen = None      # the lowest validation loss of all, from a sweep that ran to its end
     if not run.stopped:
@@ -262,7 +264,8 @@ def describe(args, dropout):
     parts += [f"augment {args.augment}"] * (args.augment != "none")
     parts += [f"AdamW weight decay {args.weight_decay}"] * bool(args.weight_decay)
     parts += [f"{args.schedule} lr {args.lr}" if args.schedule != "none" else f"lr {args.lr}"]
-    return ", ".join(parts).capitalize()
+    text = ", ".join(parts)
+    return text[0].upper() + text[1:]
 
 
 def plot_sweep(runs, chosen):
@@ -287,13 +290,14 @@ def plot_sweep(runs, chosen):
     summary.plot(ps, lowest, "o-", color="tab:blue", label="lowest validation loss")
     summary.plot(ps, final, "s--", color="tab:red", label="final validation loss")
     summary.set(xlabel="dropout p", ylabel="validation loss per image",
-                title="Too little dropout overfits, too much underfits")
+                title="Each p: its lowest and its final validation loss, and the accuracy")
     accuracy = summary.twinx()
     accuracy.plot(ps, [r.accuracies[r.best_epoch - 1] for r in runs.values()], "^:",
                   color="tab:green", label="validation accuracy at the lowest loss")
     accuracy.set_ylabel("validation accuracy", color="tab:green")
     lines = summary.get_legend_handles_labels()[0] + accuracy.get_legend_handles_labels()[0]
-    summary.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper center")
+    summary.legend(lines, [line.get_label() for line in lines], fontsize=8, ncol=3,
+                   loc="upper center", bbox_to_anchor=(0.5, -0.12))
     for ax in (curves, summary):
         ax.grid(alpha=0.3)
     curves.legend(fontsize=8)

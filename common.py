@@ -127,9 +127,9 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             # Print the result: the tutorial's line, with its numbers per image
             print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{name} Loss: {test_loss:.3f}..  {name} Accuracy: {accuracy:.3f}", flush=True)
-    except KeyboardInterrupt as stop:           # Ctrl-C, or SIGTERM (see run_script)
+    except KeyboardInterrupt as stop:           # Ctrl-C, or SIGTERM or SIGHUP (see run_script)
         run = Run(validated_on, train_losses, test_losses, accuracies, seconds, weights,
-                  "terminated" if isinstance(stop, Terminated) else "interrupted")
+                  stop.stopped if isinstance(stop, Terminated) else "interrupted")
         print(f"\n{run.stopped.capitalize()} during epoch {run.epochs + 1}.")
         return run
     return Run(validated_on, train_losses, test_losses, accuracies, seconds, weights)
@@ -183,7 +183,8 @@ def view_classify(img, ps, title):
 
     img: a normalised image with 784 values, ps: its probabilities (10 values); CPU or GPU tensors.
     """
-    img, ps = img.detach().cpu().view(28, 28), ps.detach().cpu().view(10).tolist()
+    # As NumPy arrays and lists: matplotlib takes a tensor only through a deprecated conversion.
+    img, ps = img.detach().cpu().view(28, 28).numpy(), ps.detach().cpu().view(10).tolist()
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(ncols=2, width_ratios=(1, 1.4))
     ax1.imshow(img, cmap="gray", vmin=-1, vmax=1)
@@ -275,7 +276,7 @@ class Run:
     accuracies: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)   # epoch -> state_dict, the last and the best epoch
-    stopped: str = None     # None, "diverged", "interrupted" (Ctrl-C) or "terminated" (a signal)
+    stopped: str = None     # None, "diverged", "interrupted" (Ctrl-C), "terminated", "hung up"
     test_of_best: dict = None        # with a validation split: the test set's verdict on the best
 
     def __post_init__(self):
@@ -296,7 +297,8 @@ class Run:
 
     @property
     def exit_status(self):
-        return {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143}[self.stopped]
+        return {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143,
+                "hung up": 129}[self.stopped]
 
     def state(self, epoch):
         return self.weights[epoch]
@@ -369,14 +371,14 @@ def print_summary(run):
               f"({v} accuracy {run.accuracies[best - 1]:.3f}), kept as the best checkpoint")
         print(f"Final validation loss:  {final:.3f} at epoch {last}, {rise:.3f} above its "
               f"lowest ({rise / lowest:.0%}){': overfitting' if rise > 0.02 else ''}")
-        print(f"Final {v} accuracy:    {run.accuracies[-1]:.3f}")
+        print(f"{f'Final {v} accuracy:':<23} {run.accuracies[-1]:.3f}")
         print(f"Time: {seconds:.1f} s for {last} epoch{'s' * (last > 1)}, "
               f"{seconds / last:.2f} s per epoch")
     if run.stopped == "diverged":
         print(f"error: the training diverged at epoch {run.epochs + 1} (a loss above "
               f"{DIVERGED_LOSS:g} or not a number): try a smaller --lr, such as the default 0.003.",
               file=sys.stderr)
-    elif run.stopped in ("interrupted", "terminated"):
+    elif run.stopped:
         print(f"Kept the {run.epochs} completed epochs; run again to train all of them.",
               file=sys.stderr)
 
@@ -399,6 +401,7 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self, signum):
         super().__init__()
+        self.stopped = "hung up" if signum == signal.SIGHUP else "terminated"
         self.status = 128 + signum
 
 
@@ -666,25 +669,41 @@ def idx_problem(path, name=None):
     path = Path(path)
     if not path.is_file():
         return "missing"
-    magic, most = RAW_FILES[name or path.name]
-    ndim = magic & 0xFF
+    name = name or path.name
     with open(path, "rb") as f:
-        header = f.read(4 + 4 * ndim)
-        if len(header) < 4 + 4 * ndim:
-            return "too short to be an IDX file"
-        if int.from_bytes(header[:4], "big") != magic:
-            return "not an IDX file of this kind"
-        dims = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-        if ndim == 3 and dims[1:] != [28, 28]:
-            return f"its images are {dims[1]}x{dims[2]}, not 28x28"
-        if not 0 < dims[0] <= most:
-            return f"its header promises {dims[0]} items, where Fashion-MNIST has 1 to {most}"
-        size = path.stat().st_size
-        if size != len(header) + math.prod(dims):
-            return f"{size} bytes where its header promises {len(header) + math.prod(dims)}"
-        if ndim == 1 and max(f.read()) >= len(CLASSES):
+        header = f.read(4 + 4 * (RAW_FILES[name][0] & 0xFF))
+        problem = _header_problem(header, name)
+        if problem:
+            return problem
+        size, expected = path.stat().st_size, _idx_size(header, name)
+        if size != expected:
+            return f"{size} bytes where its header promises {expected}"
+        if name.endswith("labels-idx1-ubyte") and max(f.read()) >= len(CLASSES):
             return "it holds a label above 9"
     return None
+
+
+def _header_problem(data, name):
+    """Why the IDX header at the start of `data` cannot be that of file `name`, or None."""
+    magic, most = RAW_FILES[name]
+    ndim = magic & 0xFF
+    if len(data) < 4 + 4 * ndim:
+        return "too short to be an IDX file"
+    if int.from_bytes(data[:4], "big") != magic:
+        return "not an IDX file of this kind"
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [28, 28]:
+        return f"its images are {dims[1]}x{dims[2]}, not 28x28"
+    if not 0 < dims[0] <= most:
+        return f"its header promises {dims[0]} items, where Fashion-MNIST has 1 to {most}"
+    return None
+
+
+def _idx_size(data, name):
+    """The size in bytes that a sound IDX header at the start of `data` promises."""
+    ndim = RAW_FILES[name][0] & 0xFF
+    return 4 + 4 * ndim + math.prod(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
+                                    for i in range(ndim))
 
 
 def _unpack(source, target):
@@ -697,7 +716,8 @@ def _unpack(source, target):
     except (OSError, EOFError, zlib.error) as e:
         return f"cannot be unpacked: {e}"
     if len(data) > limit:
-        return f"it unpacks to more than the {limit} bytes this file has in Fashion-MNIST"
+        return (_header_problem(data, target.name)
+                or f"it unpacks to more than the {limit} bytes this file has in Fashion-MNIST")
     try:
         with atomic_write(target) as dst:
             dst.write(data)

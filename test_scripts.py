@@ -17,13 +17,16 @@ import os
 import re
 import runpy
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
+import tracemalloc
 import unittest
+import zlib
 from pathlib import Path
 from unittest import mock
 
@@ -631,7 +634,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         for (p, history), (*_, run) in zip(sweep["runs"].items(), trainings):
             self.assertEqual(history["test_losses"], run.test_losses)
             best = run.best_epoch
-            row = (f"{float(p):>7} {run.test_losses[best - 1]:>15.3f} {best:>8} {run.test_losses[-1]:>14.3f} "
+            row = (f"{float(p):>7} {run.test_losses[best - 1]:>15.4f} {best:>8} {run.test_losses[-1]:>14.4f} "
                    f"{run.test_losses[-1] - run.train_losses[-1]:>+9.3f} {run.accuracies[best - 1]:>22.3f}")
             self.assertIn(row, out)
         lowest = {float(p): min(h["test_losses"]) for p, h in sweep["runs"].items()}
@@ -757,23 +760,23 @@ class ForkedRun:
     computes anything: it starts with torch already imported (4 s saved) and runs beside the other
     tests. With `sig`, it is sent that signal, for real, once its first epoch line appears."""
 
-    def __init__(self, script, args, folder, env, sig=None):
+    def __init__(self, script, args, folder, env, sig=None, stdout=None):
         self.out_path, self.err_path = folder / "stdout", folder / "stderr"
         self.out_path.write_text(""), self.err_path.write_text("")
         sys.stdout.flush(), sys.stderr.flush()
         self.pid = os.fork()
         if self.pid == 0:
-            self._child([str(HERE / script), *map(str, args)], env)
+            self._child([str(HERE / script), *map(str, args)], env, stdout or self.out_path)
         self.status = None
         self.thread = threading.Thread(target=self._watch, args=(sig,), daemon=True)     # started by start()
 
     def start(self):
         self.thread.start()
 
-    def _child(self, argv, env):
+    def _child(self, argv, env, stdout):
         status = 1
         try:
-            with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            with open(stdout, "w") as out, open(self.err_path, "w") as err:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
             for name, value in env.items():
@@ -816,6 +819,47 @@ class ForkedRun:
                 os.kill(self.pid, signal.SIGKILL)
 
 
+class StrictRun:
+    """Every script, one after another in one new interpreter, as `python -OO -W
+    error::DeprecationWarning`: no docstrings (--help must not need them), and a deprecation
+    raised by what the scripts pass to a library is an error. Runs beside the other tests."""
+
+    DRIVER = """if True:
+        import runpy, sys, traceback
+        folder, runs = sys.argv[1], [a.split() for a in sys.argv[2:]]
+        for script, *args in runs:
+            sys.argv = [script, *args, "--data-dir", folder + "/data", "--out-dir", folder + "/out",
+                        "--no-download"]
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as e:
+                print(f"{script} {' '.join(args)} -> {e.code}", flush=True)
+            except BaseException:
+                traceback.print_exc()
+                print(f"{script} {' '.join(args)} -> traceback", flush=True)
+    """
+    RUNS = ["01_data.py", "02_baseline.py --epochs 1", "03_dropout.py --epochs 1", "04_inference.py",
+            "05_beyond.py --epochs 2 --val-split 60 --sweep-dropout 0 0.2 --final-fit --schedule cosine "
+            "--mixup 0.2 --augment shift+flip --weight-decay 0.01", "02_baseline.py --help"]
+
+    def __init__(self, folder, local_copy):
+        folder.mkdir()
+        self.process = subprocess.Popen(
+            [sys.executable, "-OO", "-W", "error::DeprecationWarning", "-c", self.DRIVER, str(folder),
+             *self.RUNS], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "FASHION_MNIST_DIR": str(local_copy), "OMP_NUM_THREADS": "1"})
+
+    def start(self):
+        pass
+
+    def wait(self, timeout=300):
+        output, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, output, ""
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+
 FORKED = {}
 
 
@@ -824,11 +868,17 @@ def setUpModule():
     _forked_tmp = tempfile.TemporaryDirectory()
     folder = Path(_forked_tmp.name)
     write_fake_fashion_mnist(folder / "local-copy")
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         (folder / sig.name).mkdir()
         FORKED[sig] = ForkedRun("02_baseline.py", ["--data-dir", folder / sig.name / "data", "--out-dir",
                                                    folder / sig.name / "out", "--no-download", "--epochs", 100000],
                                 folder / sig.name, {"FASHION_MNIST_DIR": folder / "local-copy"}, sig)
+    (folder / "full").mkdir()                  # 01_data.py with its output going to a full disk
+    FORKED["full"] = ForkedRun("01_data.py", ["--data-dir", folder / "full" / "data", "--out-dir",
+                                              folder / "full" / "out", "--no-download"],
+                               folder / "full", {"FASHION_MNIST_DIR": folder / "local-copy"},
+                               stdout="/dev/full")
+    FORKED["strict"] = StrictRun(folder / "strict", folder / "local-copy")
     if REAL_DATA:                              # one real epoch of the baseline, for RealDataTests
         (folder / "real").mkdir()
         FORKED["real"] = ForkedRun("02_baseline.py", ["--data-dir", folder / "real" / "data", "--out-dir",
@@ -841,8 +891,19 @@ def setUpModule():
 def tearDownModule():
     for run in FORKED.values():
         run.kill()
-        run.thread.join(10)
+        if isinstance(run, ForkedRun):
+            run.thread.join(10)
     _forked_tmp.cleanup()
+
+
+class StrictInterpreterTests(unittest.TestCase):
+    def test_every_script_runs_under_python_OO_and_deprecation_warnings_as_errors(self):
+        status, output, _ = FORKED["strict"].wait()
+        self.assertEqual(status, 0, output)
+        self.assertNotIn("Traceback", output)
+        for run in StrictRun.RUNS:
+            self.assertIn(f"{run.split()[0]} {' '.join(run.split()[1:])} -> 0", output)
+        self.assertIn("--epochs EPOCHS", output)                       # --help, without the docstring
 
 
 class StopTests(unittest.TestCase):
@@ -1159,3 +1220,171 @@ class MistakeTests(TinyDataTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ----------------------------------------------------------------------------- damaged contents, not only damaged files
+
+class DamagedContentsTests(TinyDataTestCase):
+    """Each class of damage is checked at its root: the data's values, a checkpoint's numbers, a
+    history's contents, a path that cannot be read, a decoder's own exception, an empty option."""
+
+    def local_copy(self, **files):
+        """A tiny local copy with some of its files replaced (name without .gz -> IDX bytes)."""
+        folder = self.tmp / "copy"
+        write_fake_fashion_mnist(folder)
+        for name, data in files.items():
+            (folder / f"{name.replace('_', '-')}.gz").write_bytes(gzip.compress(data))
+        patch = mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(folder)})
+        patch.start()
+        self.addCleanup(patch.stop)
+        return folder
+
+    def test_labels_outside_0_to_9_and_counts_beyond_fashion_mnist_are_refused(self):
+        labels = self.splits["train"][1].clone()
+        labels[7] = 10
+        cases = {"a label above 9": {"train_labels_idx1_ubyte": idx_bytes(labels)},
+                 "promises 0 items": {"t10k_labels_idx1_ubyte": idx_bytes(torch.zeros(0, dtype=torch.uint8))},
+                 "promises 70000 items": {"train_labels_idx1_ubyte": idx_bytes(torch.zeros(70000, dtype=torch.uint8))}}
+        for phrase, files in cases.items():
+            with self.subTest(phrase):
+                copy = self.local_copy(**files)
+                err = self.assert_refused(data_step, ["--data-dir", self.tmp / phrase], phrase, str(copy))
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertEqual(leftovers(self.tmp), [])
+
+    def test_a_small_file_that_unpacks_to_gigabytes_is_refused_at_the_data_sets_size(self):
+        # 300 MB of zeros behind a header for 100 labels: 300 KB packed. Unpacking it all first
+        # would cost 300 MB of memory; the unpacking stops at the 10008 bytes such a file has.
+        header = idx_bytes(torch.zeros(100, dtype=torch.uint8))[:8]
+        packer = zlib.compressobj(wbits=31)
+        bomb = packer.compress(header) + b"".join(packer.compress(bytes(2 ** 20)) for _ in range(300)) + packer.flush()
+        self.assertLess(len(bomb), 2 ** 20)
+        copy = self.local_copy()
+        (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(bomb)
+        tracemalloc.start()
+        try:
+            self.assert_refused(data_step, [], "unpacks to more than the 10008 bytes", "t10k-labels-idx1-ubyte.gz")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 50 * 2 ** 20)
+
+    def test_a_damaged_or_wrong_processed_folder_is_named_with_what_to_delete(self):
+        processed = self.data_dir / "FashionMNIST" / "processed"
+        processed.mkdir(parents=True)
+        (processed / "training.pt").write_bytes(b"not a tensor file")
+        (processed / "test.pt").write_bytes(b"not a tensor file")
+        self.assert_refused(data_step, [], f"delete {processed}")
+        images, labels = self.splits["train"]
+        for name in ("training.pt", "test.pt"):
+            torch.save((images.clone(), labels.long() + 5), processed / name)     # labels up to 14
+        self.assert_refused(baseline, ["--epochs", 1], "a label outside 0 to 9", f"delete {processed}")
+
+    def test_a_checkpoint_that_would_not_give_numbers_is_refused_by_04_and_skipped_by_03(self):
+        self.train_script(baseline)
+        good = torch.load(self.out_dir / "baseline.pt", weights_only=True)
+        nan = {**good["state_dict"], "layer_output.bias": torch.full((10,), math.nan)}
+        cases = {"not numbers (NaN or infinite)": dict(good, state_dict=nan),
+                 "a dropout of 1.5": dict(good, dropout=1.5),
+                 "a dropout of True": dict(good, dropout=True),
+                 "an epoch of nan": dict(good, epoch=math.nan)}
+        for phrase, checkpoint in cases.items():
+            with self.subTest(phrase):
+                torch.save(checkpoint, self.tmp / "bad.pt")
+                self.assert_refused(inference, ["--checkpoint", self.tmp / "bad.pt"], phrase, "bad.pt")
+        torch.save(cases["not numbers (NaN or infinite)"], self.out_dir / "baseline.pt")
+        out = self.train_script(dropout)
+        self.assertIn("confidence.png not written: ", out)
+        self.assertIn("not numbers", out)
+        self.assertFalse((self.out_dir / "confidence.png").exists())
+        common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))     # what 03 saved stays
+
+    def test_any_history_contents_skip_the_comparison_with_a_reason(self):
+        texts = ['{"not": "a history"}', "[1, 2]", "half a file [", "\xff\xfe", "NaN", "null",
+                 '{"validated_on": "test", "train_losses": [], "test_losses": [], "accuracies": [], "seconds": []}']
+        good = {"validated_on": "test", "train_losses": [0.5], "test_losses": [0.4], "accuracies": [0.8],
+                "seconds": [1.0]}
+        for key, value in (("train_losses", ["a"]), ("test_losses", [math.nan]), ("accuracies", [True]),
+                           ("accuracies", [1.5]), ("seconds", [-1]), ("validated_on", ["test"]),
+                           ("test_losses", [0.4, 0.3]), ("train_losses", 0.5), ("test_losses", [{"a": 1}])):
+            texts.append(json.dumps({**good, key: value}))
+        for text in texts:
+            with self.subTest(text):
+                self.tmp.joinpath("history.json").write_text(text, errors="surrogateescape")
+                with self.assertRaises(common.BadFile):
+                    common.read_history(self.tmp / "history.json")
+        self.tmp.joinpath("history.json").write_text(json.dumps(good))
+        self.assertEqual(common.read_history(self.tmp / "history.json").test_losses, [0.4])
+        self.out_dir.mkdir()
+        (self.out_dir / "baseline_history.json").write_text(texts[-1])
+        out = self.train_script(dropout)
+        self.assertIn("baseline_vs_dropout.png not written: ", out)
+
+    def test_a_path_that_cannot_be_read_and_a_decoders_own_exception_are_one_sentence(self):
+        self.use_trained_dropout()
+        denied = PermissionError(errno.EACCES, "Permission denied", str(self.tmp / "locked"))
+        with mock.patch.object(common, "ensure_raw_files", side_effect=denied):
+            err = self.assert_refused(baseline, [], f"cannot read {self.tmp / 'locked'} (Permission denied)")
+        self.assertEqual(err.count("\n"), 1, err)
+        Image.new("RGB", (30, 30), "white").save(self.tmp / "shirt.png")
+        for exception in (struct.error("unpack requires a buffer"), IndexError("list index"), MemoryError()):
+            with self.subTest(type(exception).__name__), mock.patch.object(Image.Image, "load", side_effect=exception):
+                self.assert_refused(inference, ["--image", self.tmp / "shirt.png"], "shirt.png cannot be decoded")
+
+    def test_an_empty_path_is_refused_not_read_as_not_given(self):
+        for module, flag in ((data_step, "--data-dir"), (baseline, "--out-dir"), (inference, "--checkpoint"),
+                             (inference, "--image")):
+            with self.subTest(flag):
+                self.assert_refused(module, [flag, ""], flag, "an empty path")
+
+    def test_a_lost_output_ends_quietly_with_a_status(self):
+        status, out, err = FORKED["full"].wait()
+        self.assertEqual(status, 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn("the output could not be written (No space left on device)", err)
+        self.assertEqual(err.count("\n"), 1, err)
+
+    def test_sighup_stops_like_sigterm_and_leaves_whole_files(self):
+        run = FORKED[signal.SIGHUP]
+        status, out, err = run.wait()
+        self.assertEqual(status, 129, err)
+        out_dir = run.out_path.parent / "out"
+        history = json.loads((out_dir / "baseline_history.json").read_text())
+        _, checkpoint = common.load_checkpoint(out_dir / "baseline.pt", torch.device("cpu"))
+        self.assertEqual(checkpoint["epoch"], len(history["test_losses"]))
+        self.assertEqual(leftovers(out_dir), [])
+        self.assertEqual(err, "")                      # the terminal is gone: nothing is printed to it
+
+
+# ----------------------------------------------------------------------------- on a GPU, where there is one
+
+@unittest.skipUnless(torch.cuda.is_available(), "CUDA is not available on this machine: the GPU tests run where it is")
+class CudaTests(TinyDataTestCase):
+    def test_an_epoch_on_the_gpu_gives_a_checkpoint_that_a_cpu_loads_and_04_draws(self):
+        out = self.train_script(baseline, "--device", "cuda")
+        self.assertIn("device cuda", out)
+        self.train_script(dropout, "--device", "cuda")
+        for name in ("baseline_loss.png", "dropout_loss.png", "baseline_vs_dropout.png", "confidence.png"):
+            self.assertTrue(is_png(self.out_dir / name), name)
+        # Written on the GPU, read on a CPU: the same predictions.
+        gpu_model, checkpoint = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cuda"))
+        cpu_model, _ = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))
+        self.assertEqual(next(cpu_model.parameters()).device.type, "cpu")
+        images, labels = self.load()[1].dataset.tensors
+        _, cpu_accuracy = common.evaluate(cpu_model, images, labels, torch.device("cpu"))
+        _, gpu_accuracy = common.evaluate(gpu_model, images, labels, torch.device("cuda"))
+        self.assertAlmostEqual(cpu_accuracy, checkpoint["metrics"]["test_accuracy"], places=2)
+        self.assertAlmostEqual(gpu_accuracy, checkpoint["metrics"]["test_accuracy"], places=6)
+        for device in ("cpu", "cuda"):
+            with self.subTest(device):
+                status, out, err = run_main(inference, *self.paths(), "--device", device)
+                self.assertEqual(status, 0, err)
+                for name in ("inference.png", "confusion_matrix.png", "mistakes.png"):
+                    self.assertTrue(is_png(self.out_dir / name), name)
+
+    def test_05_on_the_gpu_with_every_flag(self):
+        out = self.train_script(beyond, "--device", "cuda", "--epochs", 2, "--val-split", 60, "--final-fit",
+                                "--mixup", 0.2, "--augment", "shift+flip", "--schedule", "cosine",
+                                "--weight-decay", 0.01)
+        self.assertIn("Test set, once, with the final fit's", out)
+        common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
