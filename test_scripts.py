@@ -822,10 +822,14 @@ class ForkedRun:
 class StrictRun:
     """Every script, one after another in one new interpreter, as `python -OO -W
     error::DeprecationWarning`: no docstrings (--help must not need them), and a deprecation
-    raised by what the scripts pass to a library is an error. Runs beside the other tests."""
+    raised by what the scripts do with a library is an error. The libraries are imported first,
+    so that what a library deprecates in its own import (matplotlib 3.6 does, with a newer
+    pyparsing) stays its own business. Runs beside the other tests."""
 
     DRIVER = """if True:
-        import runpy, sys, traceback
+        import runpy, sys, traceback, warnings
+        import matplotlib.figure, PIL.Image, torch, torchvision
+        warnings.simplefilter("error", DeprecationWarning)
         folder, runs = sys.argv[1], [a.split() for a in sys.argv[2:]]
         for script, *args in runs:
             sys.argv = [script, *args, "--data-dir", folder + "/data", "--out-dir", folder + "/out",
@@ -845,7 +849,7 @@ class StrictRun:
     def __init__(self, folder, local_copy):
         folder.mkdir()
         self.process = subprocess.Popen(
-            [sys.executable, "-OO", "-W", "error::DeprecationWarning", "-c", self.DRIVER, str(folder),
+            [sys.executable, "-OO", "-c", self.DRIVER, str(folder),
              *self.RUNS], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "FASHION_MNIST_DIR": str(local_copy), "OMP_NUM_THREADS": "1"})
 
@@ -899,8 +903,8 @@ def tearDownModule():
 class StrictInterpreterTests(unittest.TestCase):
     def test_every_script_runs_under_python_OO_and_deprecation_warnings_as_errors(self):
         status, output, _ = FORKED["strict"].wait()
-        self.assertEqual(status, 0, output)
-        self.assertNotIn("Traceback", output)
+        self.assertEqual(status, 0, output[-3000:])
+        self.assertFalse("Traceback" in output, output[output.find("Traceback"):][:3000])
         for run in StrictRun.RUNS:
             self.assertIn(f"{run.split()[0]} {' '.join(run.split()[1:])} -> 0", output)
         self.assertIn("--epochs EPOCHS", output)                       # --help, without the docstring
