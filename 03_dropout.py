@@ -31,8 +31,9 @@ def main(argv=None):
                                                download=not args.no_download)
 
     # ----------------------------------------------------------------------------- "Regularization"
-    # Dropout zeroes a random fifth of the hidden units at each training step, so that no unit can
-    # lean on a few others: the network learns what many units agree on.
+    # Dropout zeroes each hidden unit with probability p (a fifth of them at the tutorial's 0.2) at
+    # each training step, so that no unit can lean on a few others: the network learns what many
+    # units agree on.
 
     # ------------------------------------------------------- "Define our new Network with Dropouts"
     # Instantiate the model: the tutorial's FashionNeuralNetworkD is our one class with dropout=0.2
@@ -44,7 +45,7 @@ def main(argv=None):
     # Use ADAM optimizer; fused=True (ours) updates all weights in one kernel: same maths, faster
     optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
     # Train the model 30 cycles. common.train() is the tutorial's loop: model.eval() turns dropout
-    # off to validate, or the network would be judged with a fifth of its units missing;
+    # off to validate, or the network would be judged with some of its units missing;
     # model.train() turns it back on.
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
@@ -58,7 +59,7 @@ def main(argv=None):
     common.print_summary(run)
 
     # --------------------------------------------------------------------------------- "Conclusion"
-    if run.epochs:                  # the lesson in two pictures, when 02_baseline.py has run
+    if run.epochs:      # the lesson in two pictures, each drawn when 02_baseline.py's files exist
         compare_with_baseline(run, args.dropout, out_dir)
         compare_confidence(out_dir, testloader, device)
     return run.exit_status

@@ -61,6 +61,8 @@ def main(argv=None):
         print(f"  {common.CLASSES[c]:<12} {p:.3f}")
     title = (f"{name}: predicted {common.CLASSES[top_class[0, 0]]} ({top_p[0, 0].item():.0%}), "
              f"{about}")
+    # The tutorial's helper.view_classify(img.view(1, 28, 28), ps, version='Fashion'): ours
+    # knows only Fashion-MNIST's classes, so it needs no version, and it takes a title.
     common.save_figure(common.view_classify(img, ps, title), path)
     print(f"Wrote {path}")
 

@@ -8,8 +8,9 @@ The same 784-256-128-64-10 network and loop as 02 and 03, with what the tutorial
 choosing on held-out training images (--val-split) so the test set is touched once, at the end;
 a learning rate schedule, augmented or mixed batches, decoupled weight decay (AdamW); a final fit
 on all 60000 images; and a sweep that chooses dropout's p by validation. Writes beyond_loss.png,
-beyond_history.json, beyond.pt, beyond_best.pt (and beyond_final.pt), or dropout_sweep.png and
-dropout_sweep.json. docs/beyond.md has the measured results.
+beyond_history.json, beyond.pt and beyond_best.pt; with --sweep-dropout instead,
+dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt.
+docs/beyond.md has the measured results.
 """
 import sys
 
@@ -77,8 +78,8 @@ def parse_args(argv):
                         help="decoupled weight decay (AdamW, Loshchilov and Hutter 2019), not an "
                              "L2 penalty; 0 keeps the tutorial's plain Adam")
     parser.add_argument("--schedule", choices=("none", "cosine"), default="none",
-                        help="learning rate schedule: cosine decays it to zero over the run, "
-                             "batch by batch")
+                        help="learning rate schedule: cosine decays it to zero over --epochs, "
+                             "batch by batch (a final fit follows it as far as its epochs go)")
     parser.add_argument("--augment", choices=("none", "shift", "shift+flip"), default="none",
                         help="random shifts of up to 2 pixels (and left-right mirroring) of the "
                              "training batches")

@@ -406,13 +406,13 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
-    if signum == signal.SIGHUP:               # the terminal is gone: what is printed goes nowhere
-        _silence(sys.stdout, sys.stderr)
+    if signum == signal.SIGHUP:     # the terminal is gone: what was to show there goes nowhere
+        _silence(*(s for s in (sys.stdout, sys.stderr) if s.isatty()))
     raise Terminated(signum)
 
 
 def _silence(*streams):
-    """Point the streams at /dev/null: their reader (a terminal, a pipe, a disk) is gone."""
+    """Point the streams at /dev/null: their terminal, pipe or disk cannot take more."""
     for stream in streams:
         with suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
@@ -423,23 +423,26 @@ def run_script(main):
     SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
     path and a failed write end in one sentence."""
     signal.signal(signal.SIGTERM, _terminate)
-    with suppress(AttributeError, ValueError):           # no SIGHUP on Windows
-        signal.signal(signal.SIGHUP, _terminate)
+    hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
+    if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
+        signal.signal(hangup, _terminate)
     try:
         status = main()
         sys.stdout.flush()
     except KeyboardInterrupt as stop:
         with suppress(OSError):
-            print("\nInterrupted: the files already written are complete.", file=sys.stderr)
+            print("\nStopped: the files already written are complete.", file=sys.stderr)
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
         status = _say(f"{e}: the file was left as it was. Free some space or pass another "
                       "--out-dir, and run again.", 1)
     except OSError as e:
         if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
-            status = 141 if isinstance(e, BrokenPipeError) else 1
             _silence(sys.stdout)
-            _say(f"the output could not be written ({e.strerror or e}).", status)
+            if isinstance(e, BrokenPipeError):       # its reader has all it wanted: no message
+                status = 141
+            else:
+                status = _say(f"the output could not be written ({e.strerror or e}).", 1)
         else:                            # a path that could not be checked or read
             status = _say(f"cannot read {e.filename} ({e.strerror}): check the path and its "
                           "permissions, or pass another.", 2)
@@ -535,11 +538,10 @@ def read_checkpoint(path, device):
     """The network of a checkpoint, in eval mode, and the checkpoint; BadFile unless it would give
     numbers: the network's shape, finite weights, a dropout in [0, 1) and a whole epoch."""
     path = Path(path).expanduser()
-    redo = "run 02_baseline.py or 03_dropout.py again to write a fresh one, or pass another " \
-           "--checkpoint"
+    redo = "train again to write a fresh one, or pass another --checkpoint"
     if not path.is_file():
-        raise BadFile(f"no checkpoint at {path}: run python 03_dropout.py first, or pass "
-                      "--checkpoint PATH.")
+        raise BadFile(f"no checkpoint at {path}: train first (python 03_dropout.py writes "
+                      "dropout.pt), or pass another --checkpoint.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -737,9 +739,9 @@ def _unpack(source, target):
 
 def prepare_image(path):
     """A learner's own picture made as Fashion-MNIST's images were made from catalogue photos
-    (Xiao et al., 2017, section 2): trimmed to the garment, its longest side scaled to 28 pixels,
-    centred, negated. Returns the image (1, 1, 28, 28) in [-1, 1] and a note on what was done.
-    """
+    (Xiao et al., 2017, section 2): negated when its background is light, trimmed to the garment,
+    its longest side scaled to 28 pixels, centred. Returns the image (1, 1, 28, 28) in [-1, 1]
+    and a note on what was done to it."""
     path = Path(path).expanduser()
     pixels = _gray_pixels(_open_image(path), path)                      # (H, W) floats, 0 to 255
     border = torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])

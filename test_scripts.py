@@ -934,6 +934,10 @@ class StopTests(unittest.TestCase):
     def test_sigterm_is_a_polite_stop_too_and_exits_143(self):
         self.assert_stopped_politely(signal.SIGTERM, 143, "Terminated during epoch")
 
+    def test_sighup_a_closed_terminal_is_a_polite_stop_too_and_exits_129(self):
+        # Written to files here, so the messages are kept; to a closed terminal, they are dropped.
+        self.assert_stopped_politely(signal.SIGHUP, 129, "Hung up during epoch")
+
     def test_an_interrupt_between_two_appends_counts_only_whole_epochs(self):
         run = common.Run("test", [0.5, 0.4, 0.3], [0.6, 0.5], [0.8, 0.9], [1.0, 1.0], {}, "interrupted")
         self.assertEqual((run.epochs, run.train_losses, len(run.accuracies)), (2, [0.5, 0.4], 2))
@@ -1348,16 +1352,27 @@ class DamagedContentsTests(TinyDataTestCase):
         self.assertIn("the output could not be written (No space left on device)", err)
         self.assertEqual(err.count("\n"), 1, err)
 
-    def test_sighup_stops_like_sigterm_and_leaves_whole_files(self):
-        run = FORKED[signal.SIGHUP]
-        status, out, err = run.wait()
-        self.assertEqual(status, 129, err)
-        out_dir = run.out_path.parent / "out"
-        history = json.loads((out_dir / "baseline_history.json").read_text())
-        _, checkpoint = common.load_checkpoint(out_dir / "baseline.pt", torch.device("cpu"))
-        self.assertEqual(checkpoint["epoch"], len(history["test_losses"]))
-        self.assertEqual(leftovers(out_dir), [])
-        self.assertEqual(err, "")                      # the terminal is gone: nothing is printed to it
+
+class OutputTests(TinyDataTestCase):
+    def test_a_closed_pipe_ends_quietly_with_141(self):           # python 01_data.py | head -1
+        class ClosedPipe(io.StringIO):
+            def write(self, text):
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        err = io.StringIO()
+        with contextlib.redirect_stdout(ClosedPipe()), contextlib.redirect_stderr(err):
+            with self.assertRaises(SystemExit) as stop:
+                common.run_script(lambda: data_step.main([str(a) for a in self.paths()]))
+        self.assertEqual((stop.exception.code, err.getvalue()), (141, ""))
+
+    def test_under_nohup_a_hangup_stays_ignored(self):
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            status, out, err = run_main(baseline, "--help")
+            self.assertEqual(status, 0, err)
+            self.assertIs(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one
