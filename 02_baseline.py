@@ -66,6 +66,7 @@ def main(argv=None):
     # Train the model 30 cycles: common.train() is the tutorial's loop, in its order
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
+    common.save_run("baseline", run, 0.0, out_dir)     # ours: the history and checkpoints, first
 
     # ------------------------------------------------------------------------ "Plot the graph here"
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
@@ -75,7 +76,6 @@ def main(argv=None):
     # -------------------------------------------------------------- "Overfitting", "Regularization"
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early
     # stopping (L2 regularisation is a penalty on the weights). baseline_best.pt keeps that epoch.
-    common.save_run("baseline", run, 0.0, out_dir)
     common.print_summary(run)
     return run.exit_status
 

@@ -49,13 +49,13 @@ def main(argv=None):
     # model.train() turns it back on.
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
+    common.save_run("dropout", run, args.dropout, out_dir)     # ours: history and checkpoints
 
     # ----------------------------------------------------------------- "Plot the graph here", again
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         title = f"With dropout p={args.dropout}: training and validation loss"
         fig = common.plot_losses({"dropout": run}, title)
         common.save_figure(fig, out_dir / "dropout_loss.png")
-    common.save_run("dropout", run, args.dropout, out_dir)
     common.print_summary(run)
 
     # --------------------------------------------------------------------------------- "Conclusion"

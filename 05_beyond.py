@@ -51,12 +51,12 @@ def main(argv=None):
         run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
         print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
               f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+    common.save_run("beyond", run, args.dropout, out_dir)
     if run.epochs:
         mixed = " (on mixed images)" * bool(args.mixup)
         fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                  f"training{mixed} and validation loss")
         common.save_figure(fig, out_dir / "beyond_loss.png")
-    common.save_run("beyond", run, args.dropout, out_dir)
     common.print_summary(run)
     if args.final_fit and run.epochs and not run.stopped:
         return final_fit(args, args.dropout, run.best_epoch, trainloader, testloader, device,

@@ -6,6 +6,7 @@ checkpoints, finding and checking the data files, your own photo (04 --image) an
 Importing it does nothing.
 """
 import argparse
+import errno
 import gzip
 import json
 import math
@@ -16,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -331,7 +333,7 @@ def save_run(name, run, dropout, out_dir):
             write(out_dir / filename)
         except WriteError as e:
             fail(f"{e}: not saved: {', '.join(list(files)[n:])}; the files before them are "
-                 "complete. Free some space or pass another --out-dir, and train again.", 1)
+                 f"complete. {e.fix} or pass another --out-dir, and train again.", 1)
     print(f"Saved {run.epochs} epoch{'s' * (run.epochs > 1)} to {out_dir}: {name}_history.json, "
           f"{name}.pt (epoch {run.epochs}), {name}_best.pt (epoch {run.best_epoch})")
 
@@ -339,23 +341,26 @@ def save_run(name, run, dropout, out_dir):
 def read_history(path):
     """The Run of a history written by save_run; BadFile saying why when the file cannot be one."""
     path = Path(path)
+    if not path.is_file():                         # a folder or a pipe would not do either
+        raise BadFile(f"{path.name} is not in {path.parent}")
+    if path.stat().st_size > 2 ** 20:              # a history of 30 epochs takes 2 KB
+        raise BadFile(f"{path} is larger than any history of these scripts")
     try:
         h = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise BadFile(f"{path.name} is not in {path.parent}") from None
-    except (OSError, ValueError) as e:
-        raise BadFile(f"{path} cannot be read as JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadFile(f"{path} cannot be read as JSON ({type(e).__name__})") from None
     keys = ("train_losses", "test_losses", "accuracies", "seconds")
     if not isinstance(h, dict) or h.get("validated_on") not in ("test", "validation") \
             or not all(isinstance(h.get(k), list) for k in keys):
         raise BadFile(f"{path} is not a history of these scripts")
-    values = [x for k in keys for x in h[k]]
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
-               for x in values) or not all(x <= 1 for x in h["accuracies"]):
+    highest = {"train_losses": DIVERGED_LOSS, "test_losses": DIVERGED_LOSS, "accuracies": 1,
+               "seconds": 1e6}
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= highest[k]
+               for k in keys for x in h[k]):
         raise BadFile(f"{path} holds something else than losses, accuracies and seconds")
     if not h["test_losses"] or len({len(h[k]) for k in keys}) != 1:
         raise BadFile(f"{path} holds no epoch, or lists of different lengths")
-    return Run(h["validated_on"], *(h[k] for k in keys))
+    return Run(h["validated_on"], *([float(x) for x in h[k]] for k in keys))
 
 
 def print_summary(run):
@@ -428,14 +433,15 @@ def run_script(main):
         signal.signal(hangup, _terminate)
     try:
         status = main()
-        sys.stdout.flush()
+        if sys.stdout:                   # None when the script was started with stdout closed
+            sys.stdout.flush()
     except KeyboardInterrupt as stop:
         with suppress(OSError):
             print("\nStopped: the files already written are complete.", file=sys.stderr)
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
-        status = _say(f"{e}: the file was left as it was. Free some space or pass another "
-                      "--out-dir, and run again.", 1)
+        status = _say(f"{e}: the file was left as it was. {e.fix} or pass another --out-dir, "
+                      "and run again.", 1)
     except OSError as e:
         if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
             _silence(sys.stdout)
@@ -446,7 +452,7 @@ def run_script(main):
         else:                            # a path that could not be checked or read
             status = _say(f"cannot read {e.filename} ({e.strerror}): check the path and its "
                           "permissions, or pass another.", 2)
-    for stream in (sys.stdout, sys.stderr):
+    for stream in filter(None, (sys.stdout, sys.stderr)):
         try:
             stream.flush()
         except OSError:
@@ -462,7 +468,13 @@ def _say(message, status):
 
 
 class WriteError(Exception):
-    """A file that could not be written, with the reason; the file before is left in place."""
+    """A file that could not be written, with the reason; the file before is left in place.
+    .fix says what to do about that reason."""
+
+    def __init__(self, message, errno_=None):
+        super().__init__(message)
+        self.fix = {errno.EISDIR: "Move away the folder of that name",
+                    errno.EACCES: "Make that folder writable"}.get(errno_, "Free some space")
 
 
 @contextmanager
@@ -485,7 +497,7 @@ def atomic_write(path):
         reason = cause.strerror if cause else str(e).strip().splitlines()[0][:120]
         with suppress(OSError):
             reason += f"; {shutil.disk_usage(path.parent).free // 2**20} MB free on that disk"
-        raise WriteError(f"could not write {path} ({reason})") from e
+        raise WriteError(f"could not write {path} ({reason})", cause and cause.errno) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -542,6 +554,14 @@ def read_checkpoint(path, device):
     if not path.is_file():
         raise BadFile(f"no checkpoint at {path}: train first (python 03_dropout.py writes "
                       "dropout.pt), or pass another --checkpoint.")
+    # A checkpoint of this network holds about 1 MB; its zip's unpacked size is known beforehand.
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:
+            size = max(size, sum(member.file_size for member in archive.infolist()))
+    if size > 50 * 2 ** 20:
+        raise BadFile(f"{path} unpacks to {size // 2 ** 20} MB, where a checkpoint of this "
+                      f"network holds about 1 MB: {redo}.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -567,6 +587,11 @@ def read_checkpoint(path, device):
     if not all(torch.isfinite(w).all() for w in model.state_dict().values()):
         raise BadFile(f"{path} holds weights that are not numbers (NaN or infinite), as a "
                       f"training that blew up leaves: {redo}.")
+    with torch.no_grad():                # and they give numbers: for black, grey and white images
+        probe = model.eval()(torch.tensor([-1.0, 0.0, 1.0]).view(3, 1).expand(3, 784))
+    if not torch.isfinite(probe).all():
+        raise BadFile(f"{path} holds weights so large that the network's answers are not numbers:"
+                      f" {redo}.")
     return model.to(device).eval(), checkpoint
 
 
@@ -604,8 +629,9 @@ def ensure_raw_files(data_dir, download=True):
                 break
             if folder == raw:
                 fail(f"{source} is damaged ({bad}): delete it and run again to fetch a fresh copy.")
-            fail(f"the local copy {source} is damaged ({bad}): reinstall dataset-fashion-mnist or "
-                 "replace that file.")
+            fix = ("replace that file" if os.environ.get("FASHION_MNIST_DIR")
+                   else "reinstall dataset-fashion-mnist")
+            fail(f"the local copy {source} is damaged ({bad}): {fix}.")
     why = "--no-download was given"
     if needed and download:
         for name in needed:
@@ -641,17 +667,22 @@ def checked_split(data_dir, raw, train, transform):
     if all((processed / name).is_file() for name in ("training.pt", "test.pt")):
         fix = f"delete {processed}, which an older torchvision wrote, and run again"
     else:
-        fix = f"delete the files in {raw} and run again to fetch fresh ones"
+        fix = (f"its image and label files are not a pair; put a matching pair in {raw}, or "
+               "where they were copied from, and run again")
     try:
         split = datasets.FashionMNIST(root, train=train, transform=transform)
     except Exception as e:
         fail(f"torchvision cannot read Fashion-MNIST in {root} ({type(e).__name__}): {fix}.")
     images, labels = split.data, split.targets
     name = "train" if train else "t10k"
-    if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
-            and images.dtype == torch.uint8 and images.dim() == 3 and images.shape[1:] == (28, 28)
-            and labels.dim() == 1 and not labels.is_floating_point()):
-        fail(f"the {name} split in {root} is not 28x28 images with labels: {fix}.")
+    most = RAW_FILES[f"{name}-labels-idx1-ubyte"][1]
+    # Exactly what torchvision makes of the raw files: uint8 images (N, 28, 28) and int64 labels
+    # (N,), whole tensors in memory, at most Fashion-MNIST's count.
+    if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided
+               and t.is_contiguous() for t in (images, labels)) \
+            or images.dtype != torch.uint8 or images.dim() != 3 or images.shape[1:] != (28, 28) \
+            or labels.dtype != torch.int64 or labels.dim() != 1 or len(images) > most:
+        fail(f"the {name} split in {root} is not Fashion-MNIST's 28x28 images with labels: {fix}.")
     if len(images) != len(labels):
         fail(f"the {name} split holds {len(images)} images but {len(labels)} labels: {fix}.")
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= len(CLASSES):
@@ -731,7 +762,7 @@ def _unpack(source, target):
     except ValueError as e:
         return str(e)
     except WriteError as e:
-        fail(f"{e}: free some space or pass another --data-dir.")
+        fail(f"{e}: {e.fix.lower()} or pass another --data-dir.")
     return None
 
 

@@ -26,6 +26,7 @@ import time
 import traceback
 import tracemalloc
 import unittest
+import zipfile
 import zlib
 from pathlib import Path
 from unittest import mock
@@ -1287,6 +1288,14 @@ class DamagedContentsTests(TinyDataTestCase):
         for name in ("training.pt", "test.pt"):
             torch.save((images.clone(), labels.long() + 5), processed / name)     # labels up to 14
         self.assert_refused(baseline, ["--epochs", 1], "a label outside 0 to 9", f"delete {processed}")
+        # What torchvision would not write: other label types, a view of another tensor, more
+        # images than Fashion-MNIST has (600000 from a small file, by expanding one image).
+        for data in ((images.clone(), labels.int()), (images.transpose(1, 2), labels.long()),
+                     (images[:1].expand(600000, 28, 28), labels[:1].long().expand(600000))):
+            for name in ("training.pt", "test.pt"):
+                torch.save(data, processed / name)
+            self.assert_refused(baseline, ["--epochs", 1], "not Fashion-MNIST's 28x28 images with labels",
+                                f"delete {processed}")
 
     def test_a_checkpoint_that_would_not_give_numbers_is_refused_by_04_and_skipped_by_03(self):
         self.train_script(baseline)
@@ -1300,6 +1309,17 @@ class DamagedContentsTests(TinyDataTestCase):
             with self.subTest(phrase):
                 torch.save(checkpoint, self.tmp / "bad.pt")
                 self.assert_refused(inference, ["--checkpoint", self.tmp / "bad.pt"], phrase, "bad.pt")
+        huge = {k: v * 1e38 for k, v in good["state_dict"].items()}        # finite, but not its answers
+        torch.save(dict(good, state_dict=huge), self.tmp / "huge.pt")
+        self.assert_refused(inference, ["--checkpoint", self.tmp / "huge.pt"], "answers are not numbers")
+        # 64 MB of zeros in a checkpoint whose zip is deflated: 64 KB on disk, refused unread.
+        torch.save(dict(good, metrics={"pad": torch.zeros(2 ** 24)}), self.tmp / "big.pt")
+        with zipfile.ZipFile(self.tmp / "big.pt") as source, \
+                zipfile.ZipFile(self.tmp / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as bomb:
+            for member in source.infolist():
+                bomb.writestr(member.filename, source.read(member))
+        self.assertLess((self.tmp / "bomb.pt").stat().st_size, 2 ** 20)
+        self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "unpacks to 64 MB")
         torch.save(cases["not numbers (NaN or infinite)"], self.out_dir / "baseline.pt")
         out = self.train_script(dropout)
         self.assertIn("confidence.png not written: ", out)
@@ -1316,11 +1336,16 @@ class DamagedContentsTests(TinyDataTestCase):
                            ("accuracies", [1.5]), ("seconds", [-1]), ("validated_on", ["test"]),
                            ("test_losses", [0.4, 0.3]), ("train_losses", 0.5), ("test_losses", [{"a": 1}])):
             texts.append(json.dumps({**good, key: value}))
+        texts += [json.dumps({**good, "test_losses": [1e308]}), json.dumps({**good, "seconds": [10 ** 400]}),
+                  "[" * 100000 + "]" * 100000, json.dumps({**good, "train_losses": [0.5] * 300000})]
         for text in texts:
-            with self.subTest(text):
+            with self.subTest(text[:80]):
                 self.tmp.joinpath("history.json").write_text(text, errors="surrogateescape")
                 with self.assertRaises(common.BadFile):
                     common.read_history(self.tmp / "history.json")
+        os.mkfifo(self.tmp / "fifo.json")              # reading it would wait for a writer forever
+        with self.assertRaises(common.BadFile):
+            common.read_history(self.tmp / "fifo.json")
         self.tmp.joinpath("history.json").write_text(json.dumps(good))
         self.assertEqual(common.read_history(self.tmp / "history.json").test_losses, [0.4])
         self.out_dir.mkdir()
@@ -1354,6 +1379,21 @@ class DamagedContentsTests(TinyDataTestCase):
 
 
 class OutputTests(TinyDataTestCase):
+    def test_a_closed_stdout_ends_well(self):                     # python 02_baseline.py >&-
+        with contextlib.redirect_stdout(None):
+            with self.assertRaises(SystemExit) as stop:
+                common.run_script(lambda: baseline.main([str(a) for a in self.paths()] + ["--epochs", "1"]))
+        self.assertEqual(stop.exception.code, 0)
+        self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
+
+    def test_a_folder_in_the_way_of_an_output_is_named_with_what_to_do(self):
+        (self.out_dir / "baseline.pt").mkdir(parents=True)
+        status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+        self.assertEqual(status, 1, err)
+        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
+        self.assertIn("Move away the folder of that name", err)
+        self.assertTrue((self.out_dir / "baseline_history.json").is_file())   # saved before it
+
     def test_a_closed_pipe_ends_quietly_with_141(self):           # python 01_data.py | head -1
         class ClosedPipe(io.StringIO):
             def write(self, text):
