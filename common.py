@@ -418,7 +418,7 @@ def _terminate(signum, frame):
 
 def _silence(*streams):
     """Point the streams at /dev/null: their terminal, pipe or disk cannot take more."""
-    for stream in streams:
+    for stream in filter(None, streams):                   # None: closed at the start
         with suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
@@ -666,7 +666,7 @@ def checked_split(data_dir, raw, train, transform):
     processed = root / "FashionMNIST" / "processed"
     if all((processed / name).is_file() for name in ("training.pt", "test.pt")):
         fix = f"delete {processed}, which an older torchvision wrote, and run again"
-    else:
+    else:       # raw files that passed idx_problem can only fail as a mismatched pair
         fix = (f"its image and label files are not a pair; put a matching pair in {raw}, or "
                "where they were copied from, and run again")
     try:
