@@ -19,8 +19,7 @@ from common import FashionNeuralNetwork, train
 
 def main(argv=None):
     parser = common.make_training_parser(__doc__)
-    parser.add_argument("--dropout", type=common.probability, default=0.2,
-                        help="probability of zeroing each hidden unit while training")
+    common.add_dropout_arg(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     device = common.get_device(args.device)

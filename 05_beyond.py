@@ -47,10 +47,8 @@ def main(argv=None):
     if args.val_split and run.epochs and not run.stopped and not args.final_fit:
         # The epoch was chosen on the validation set; now, once, the test set judges that choice.
         model.load_state_dict(run.state(run.best_epoch))
-        test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
-        run.test_of_best = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-        print(f"Test set, once, with the weights of epoch {run.best_epoch}: "
-              f"loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+        run.test_of_best = test_once(model, testloader, device,
+                                     f"with the weights of epoch {run.best_epoch}")
     common.save_run("beyond", run, args.dropout, out_dir)
     if run.epochs:
         mixed = " (on mixed images)" * bool(args.mixup)
@@ -66,8 +64,7 @@ def main(argv=None):
 
 def parse_args(argv):
     parser = common.make_training_parser(__doc__)
-    parser.add_argument("--dropout", type=common.probability, default=0.2,
-                        help="probability of zeroing each hidden unit while training")
+    common.add_dropout_arg(parser)
     parser.add_argument("--val-split", type=common.non_negative_int, default=0, metavar="N",
                         help="training images held out to validate on, so the test set is touched "
                              "once, at the end; 0 validates on the test set, as the tutorial does")
@@ -140,14 +137,19 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
         print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
               "final network to test (the first run is saved above).", file=sys.stderr)
         return final.exit_status
-    test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
-    print(f"Test set, once, with the final fit's {epochs} epochs: loss {test_loss:.3f}, "
-          f"accuracy {test_accuracy:.3f}")
+    metrics = {"epoch": epochs, **test_once(model, testloader, device,
+                                            f"with the final fit's {epochs} epochs")}
     path = out_dir / "beyond_final.pt"
-    metrics = {"epoch": epochs, "test_loss": test_loss, "test_accuracy": test_accuracy}
     common.save_checkpoint(path, model.state_dict(), dropout, metrics)
     print(f"Saved the final fit's network to {path}")
     return 0
+
+
+def test_once(model, testloader, device, which):
+    """The test set's verdict on a choice already made, printed; its loss and accuracy."""
+    test_loss, test_accuracy = common.evaluate(model, *testloader.dataset.tensors, device)
+    print(f"Test set, once, {which}: loss {test_loss:.3f}, accuracy {test_accuracy:.3f}")
+    return {"test_loss": test_loss, "test_accuracy": test_accuracy}
 
 
 def sweep(args, trainloader, testloader, device, out_dir):

@@ -874,6 +874,11 @@ def make_parser(doc):
     return parser
 
 
+def add_dropout_arg(parser):
+    parser.add_argument("--dropout", type=probability, default=0.2,
+                        help="probability of zeroing each hidden unit while training")
+
+
 def add_device_arg(parser):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto picks CUDA, then Apple's MPS, then the CPU")
