@@ -10,10 +10,11 @@ from matplotlib.figure import Figure
 from torchvision import transforms
 
 import common
+from plumbing import cli, saving
 
 def main(argv=None):
-    args = common.make_parser(__doc__).parse_args(argv)
-    out_dir = common.prepare_out_dir(args.out_dir)
+    args = cli.make_parser(__doc__).parse_args(argv)
+    out_dir = saving.prepare_out_dir(args.out_dir)
 
     # Transform the images into tensors and normalize. The tutorial's
     # Normalize((0.5,0.5,0.5),(0.5,0.5,0.5)) fails on today's torchvision ("output with shape
@@ -57,7 +58,7 @@ def main(argv=None):
           f"tensors: {same}")
 
     path = out_dir / "samples.png"
-    common.save_figure(plot_samples(raw, traindataset.targets), path)
+    saving.save_figure(plot_samples(raw, traindataset.targets), path)
     print(f"Wrote {path}")
     return 0
 
@@ -82,4 +83,4 @@ def plot_samples(images, labels, per_class=8):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    cli.run_script(main)

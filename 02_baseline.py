@@ -13,13 +13,14 @@ from torch import optim
 
 import common
 from common import FashionNeuralNetwork, train
+from plumbing import cli, saving
 
 
 def main(argv=None):
-    args = common.make_training_parser(__doc__).parse_args(argv)
+    args = cli.make_training_parser(__doc__).parse_args(argv)
     torch.manual_seed(args.seed)
-    device = common.get_device(args.device)
-    out_dir = common.prepare_out_dir(args.out_dir)
+    device = cli.get_device(args.device)
+    out_dir = saving.prepare_out_dir(args.out_dir)
     print(f"Settings: epochs {args.epochs}, batch size {args.batch_size}, lr {args.lr}, "
           f"seed {args.seed}, device {device}")
     # "Lets import the Fashion-MNIST dataset": 01_data.py shows this step in full.
@@ -66,19 +67,19 @@ def main(argv=None):
     # Train the model 30 cycles: common.train() is the tutorial's loop, in its order
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
-    common.save_run("baseline", run, 0.0, out_dir)     # ours: the history and checkpoints, first
+    saving.save_run("baseline", run, 0.0, out_dir)     # ours: the history and checkpoints, first
 
     # ------------------------------------------------------------------------ "Plot the graph here"
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         fig = common.plot_losses({"baseline": run}, "Without dropout: training and validation loss")
-        common.save_figure(fig, out_dir / "baseline_loss.png")
+        saving.save_figure(fig, out_dir / "baseline_loss.png")
 
     # -------------------------------------------------------------- "Overfitting", "Regularization"
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early
     # stopping (L2 regularisation is a penalty on the weights). baseline_best.pt keeps that epoch.
     common.print_summary(run)
-    return run.exit_status
+    return cli.exit_status(run)
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    cli.run_script(main)

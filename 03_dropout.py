@@ -14,16 +14,17 @@ from torch import nn
 from torch import optim
 
 import common
-from common import FashionNeuralNetwork, train
+from common import FashionNeuralNetwork, Run, train
+from plumbing import cli, errors, saving
 
 
 def main(argv=None):
-    parser = common.make_training_parser(__doc__)
-    common.add_dropout_arg(parser)
+    parser = cli.make_training_parser(__doc__)
+    cli.add_dropout_arg(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    device = common.get_device(args.device)
-    out_dir = common.prepare_out_dir(args.out_dir)
+    device = cli.get_device(args.device)
+    out_dir = saving.prepare_out_dir(args.out_dir)
     print(f"Settings: dropout {args.dropout}, epochs {args.epochs}, batch size {args.batch_size}, "
           f"lr {args.lr}, seed {args.seed}, device {device}")
     trainloader, testloader = common.load_data(args.data_dir, args.batch_size,
@@ -48,33 +49,33 @@ def main(argv=None):
     # model.train() turns it back on.
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
-    common.save_run("dropout", run, args.dropout, out_dir)     # ours: history and checkpoints
+    saving.save_run("dropout", run, args.dropout, out_dir)     # ours: history and checkpoints
 
     # ----------------------------------------------------------------- "Plot the graph here", again
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         title = f"With dropout p={args.dropout}: training and validation loss"
         fig = common.plot_losses({"dropout": run}, title)
-        common.save_figure(fig, out_dir / "dropout_loss.png")
+        saving.save_figure(fig, out_dir / "dropout_loss.png")
     common.print_summary(run)
 
     # --------------------------------------------------------------------------------- "Conclusion"
     if run.epochs:      # the lesson in two pictures, each drawn when 02_baseline.py's files exist
         compare_with_baseline(run, args.dropout, out_dir)
         compare_confidence(out_dir, testloader, device)
-    return run.exit_status
+    return cli.exit_status(run)
 
 
 def compare_with_baseline(run, dropout, out_dir):
     """baseline_vs_dropout.png: 02_baseline.py's losses beside this run's: the lesson, drawn."""
     try:
-        baseline = common.read_history(out_dir / "baseline_history.json")
-    except common.BadFile as e:
+        baseline = Run(**saving.read_history(out_dir / "baseline_history.json"))
+    except errors.BadFile as e:
         print(f"baseline_vs_dropout.png not written: {e} (run 02_baseline.py first).")
         return
     runs = {"without dropout": baseline, f"dropout {dropout}": run}
     path = out_dir / "baseline_vs_dropout.png"
     title = "Without and with dropout: training and validation loss"
-    common.save_figure(common.plot_losses(runs, title), path)
+    saving.save_figure(common.plot_losses(runs, title), path)
     for name, r in runs.items():
         print(f"{name.capitalize() + ':':<17} final validation loss {r.test_losses[-1]:.3f}, "
               f"{r.validated_on} accuracy {r.accuracies[-1]:.3f} (epoch {r.epochs})")
@@ -92,8 +93,9 @@ def compare_confidence(out_dir, testloader, device):
                   "(run 02_baseline.py first).")
             return
         try:
-            model, checkpoint = common.read_checkpoint(out_dir / filename, device)
-        except common.BadFile as e:
+            model, checkpoint = saving.read_checkpoint(out_dir / filename, FashionNeuralNetwork,
+                                                       device)
+        except errors.BadFile as e:
             print(f"confidence.png not written: {e}")
             return
         with torch.no_grad():
@@ -108,7 +110,7 @@ def compare_confidence(out_dir, testloader, device):
               f"({c['sure_wrong']} of {c['wrong']} wrong with over 90% confidence: "
               f"{c['loss_sure_wrong']:.3f})")
     path = out_dir / "confidence.png"
-    common.save_figure(plot_confidence(stats), path)
+    saving.save_figure(plot_confidence(stats), path)
     print(f"Wrote {path}")
 
 
@@ -162,4 +164,4 @@ def plot_confidence(stats):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    cli.run_script(main)

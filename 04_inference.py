@@ -13,24 +13,26 @@ import torch
 from matplotlib.figure import Figure
 
 import common
+from common import FashionNeuralNetwork
+from plumbing import cli, photo, saving
 
 
 def main(argv=None):
-    parser = common.make_parser(__doc__)
-    common.add_device_arg(parser)
-    parser.add_argument("--checkpoint", type=common.path_arg,
+    parser = cli.make_parser(__doc__)
+    cli.add_device_arg(parser)
+    parser.add_argument("--checkpoint", type=cli.path_arg,
                         help="checkpoint to load; OUT_DIR/dropout.pt if not given")
-    parser.add_argument("--index", type=common.non_negative_int, default=0,
+    parser.add_argument("--index", type=cli.non_negative_int, default=0,
                         help="test image to classify")
-    parser.add_argument("--image", type=common.path_arg,
+    parser.add_argument("--image", type=cli.path_arg,
                         help="classify your own PNG or JPEG instead of a test image")
     args = parser.parse_args(argv)
-    device = common.get_device(args.device)
-    out_dir = common.prepare_out_dir(args.out_dir)
+    device = cli.get_device(args.device)
+    out_dir = saving.prepare_out_dir(args.out_dir)
 
     # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval()
     checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
-    model, checkpoint = common.load_checkpoint(checkpoint_path, device)
+    model, checkpoint = saving.load_checkpoint(checkpoint_path, FashionNeuralNetwork, device)
     print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
     _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
     images, labels = common.normalize(testdataset.data), testdataset.targets  # (N, 1, 28, 28), (N,)
@@ -40,7 +42,8 @@ def main(argv=None):
 
     # ------------------------------------------------------------------------------------ one image
     if args.image:
-        img, about = common.prepare_image(args.image)      # about: what was done to it
+        pixels, about = photo.prepare_image(args.image)    # about: what was done to it
+        img = common.normalize(pixels)
         name = f"Your image {Path(args.image).name}"
         path = out_dir / "inference_image.png"
     else:
@@ -63,7 +66,7 @@ def main(argv=None):
              f"{about}")
     # The tutorial's helper.view_classify(img.view(1, 28, 28), ps, version='Fashion'): ours
     # knows only Fashion-MNIST's classes, so it needs no version, and it takes a title.
-    common.save_figure(common.view_classify(img, ps, title), path)
+    saving.save_figure(common.view_classify(img, ps, title), path)
     print(f"Wrote {path}")
 
     # --------------------------------------------------------------------------- the whole test set
@@ -83,7 +86,7 @@ def main(argv=None):
           f"{confusion[b, a].item()} the other way)")
     for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
                           ("mistakes.png", plot_mistakes(images, labels, preds))):
-        common.save_figure(fig, out_dir / filename)
+        saving.save_figure(fig, out_dir / filename)
         print(f"Wrote {out_dir / filename}")
     return 0
 
@@ -133,4 +136,4 @@ def plot_mistakes(images, labels, preds, columns=8, rows=4):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    cli.run_script(main)

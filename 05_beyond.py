@@ -22,13 +22,14 @@ from torch import optim
 
 import common
 from common import CLASSES, FashionNeuralNetwork
+from plumbing import cli, errors, saving
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = common.get_device(args.device)
-    out_dir = common.prepare_out_dir(args.out_dir)
+    device = cli.get_device(args.device)
+    out_dir = saving.prepare_out_dir(args.out_dir)
     print(f"Settings: dropout {args.sweep_dropout or args.dropout}, epochs {args.epochs}, "
           f"batch size {args.batch_size}, lr {args.lr}, weight decay {args.weight_decay} "
           f"({'AdamW' if args.weight_decay else 'Adam'}), schedule {args.schedule}, "
@@ -46,32 +47,32 @@ def main(argv=None):
     model, run = fit(args, args.dropout, fitloader, valloader, validated_on, device)
     if args.val_split and run.epochs and not run.stopped and not args.final_fit:
         # The epoch was chosen on the validation set; now, once, the test set judges that choice.
-        model.load_state_dict(run.state(run.best_epoch))
+        model.load_state_dict(run.weights[run.best_epoch])
         run.test_of_best = test_once(model, testloader, device,
                                      f"with the weights of epoch {run.best_epoch}")
-    common.save_run("beyond", run, args.dropout, out_dir)
+    saving.save_run("beyond", run, args.dropout, out_dir)
     if run.epochs:
         mixed = " (on mixed images)" * bool(args.mixup)
         fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                  f"training{mixed} and validation loss")
-        common.save_figure(fig, out_dir / "beyond_loss.png")
+        saving.save_figure(fig, out_dir / "beyond_loss.png")
     common.print_summary(run)
     if args.final_fit and run.epochs and not run.stopped:
         return final_fit(args, args.dropout, run.best_epoch, trainloader, testloader, device,
                          out_dir)
-    return run.exit_status
+    return cli.exit_status(run)
 
 
 def parse_args(argv):
-    parser = common.make_training_parser(__doc__)
-    common.add_dropout_arg(parser)
-    parser.add_argument("--val-split", type=common.non_negative_int, default=0, metavar="N",
+    parser = cli.make_training_parser(__doc__)
+    cli.add_dropout_arg(parser)
+    parser.add_argument("--val-split", type=cli.non_negative_int, default=0, metavar="N",
                         help="training images held out to validate on, so the test set is touched "
                              "once, at the end; 0 validates on the test set, as the tutorial does")
     parser.add_argument("--final-fit", action="store_true",
                         help="with --val-split: once the epoch is chosen, train again from scratch "
                              "on all the training images for that many epochs, and test once")
-    parser.add_argument("--weight-decay", type=common.non_negative_float, default=0.0,
+    parser.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0,
                         help="decoupled weight decay (AdamW, Loshchilov and Hutter 2019), not an "
                              "L2 penalty; 0 keeps the tutorial's plain Adam")
     parser.add_argument("--schedule", choices=("none", "cosine"), default="none",
@@ -80,10 +81,10 @@ def parse_args(argv):
     parser.add_argument("--augment", choices=("none", "shift", "shift+flip"), default="none",
                         help="random shifts of up to 2 pixels (and left-right mirroring) of the "
                              "training batches")
-    parser.add_argument("--mixup", type=common.non_negative_float, default=0.0, metavar="ALPHA",
+    parser.add_argument("--mixup", type=cli.non_negative_float, default=0.0, metavar="ALPHA",
                         help="train on pairs of images mixed in a proportion drawn from "
                              "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off")
-    parser.add_argument("--sweep-dropout", type=common.probability, nargs="+", metavar="P",
+    parser.add_argument("--sweep-dropout", type=cli.probability, nargs="+", metavar="P",
                         help="with --val-split: one run per dropout value, the other settings as "
                              "given; choose p and epoch by the lowest validation loss")
     args = parser.parse_args(argv)
@@ -136,11 +137,11 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
     if final.stopped:
         print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
               "final network to test (the first run is saved above).", file=sys.stderr)
-        return final.exit_status
+        return cli.exit_status(final)
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
                                             f"with the final fit's {epochs} epochs")}
     path = out_dir / "beyond_final.pt"
-    common.save_checkpoint(path, model.state_dict(), dropout, metrics)
+    saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
     print(f"Saved the final fit's network to {path}")
     return 0
 
@@ -167,7 +168,7 @@ def sweep(args, trainloader, testloader, device, out_dir):
             break
     if not runs:
         print("No epoch was completed: nothing to draw.")
-        return run.exit_status
+        return cli.exit_status(run)
     # The gap: the final validation loss above the final training loss (overfitting when large).
     print(f"\n{'dropout':>7} {'lowest val loss':>15} {'at epoch':>8} {'final val loss':>14} "
           f"{'final gap':>9} {'val accuracy at lowest':>22}")
@@ -178,16 +179,16 @@ def sweep(args, trainloader, testloader, device, out_dir):
     chosen = None      # the lowest validation loss of all, from a sweep that ran to its end
     if not run.stopped:
         chosen = min(runs, key=lambda p: runs[p].test_losses[runs[p].best_epoch - 1])
-    common.write_json(out_dir / "dropout_sweep.json", {
-        "runs": {str(p): r.to_json() for p, r in runs.items()},
+    saving.write_json(out_dir / "dropout_sweep.json", {
+        "runs": {str(p): saving.history(r) for p, r in runs.items()},
         "chosen": None if chosen is None else {"dropout": chosen,
                                                "epochs": runs[chosen].best_epoch}})
-    common.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
+    saving.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
         print(f"The sweep stopped during its run {len(runs)} of {len(args.sweep_dropout)}: its "
               "finished runs are drawn, and no choice made.", file=sys.stderr)
-        return run.exit_status
+        return cli.exit_status(run)
     epochs = runs[chosen].best_epoch
     print(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.")
     if args.final_fit:
@@ -202,7 +203,7 @@ def hold_out(trainloader, args):
     a trainloader over the rest (shuffled) and a loader over them (in order)."""
     images, labels = trainloader.dataset.tensors
     if not 0 < args.val_split < len(images):
-        common.fail(f"--val-split {args.val_split} must leave training images: use a number from "
+        errors.fail(f"--val-split {args.val_split} must leave training images: use a number from "
                     f"1 to {len(images) - 1}.")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
     val, train = order[:args.val_split], order[args.val_split:]
@@ -308,4 +309,4 @@ def plot_sweep(runs, chosen):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    cli.run_script(main)

@@ -39,6 +39,8 @@ from torch.utils.data import SequentialSampler
 from torchvision import datasets, transforms
 
 import common
+from common import FashionNeuralNetwork
+from plumbing import cli, datafiles, errors, photo, saving
 
 HERE = Path(__file__).resolve().parent
 data_step = importlib.import_module("01_data")
@@ -52,7 +54,7 @@ torch.set_num_threads(1)
 
 N_TRAIN, N_TEST = 330, 100          # 330 = 5 batches of 64 and a short one of 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REAL_DATA = common.SYSTEM_COPY.is_dir()
+REAL_DATA = datafiles.SYSTEM_COPY.is_dir()
 
 
 # ----------------------------------------------------------------------------- a tiny Fashion-MNIST
@@ -91,15 +93,21 @@ def write_fake_fashion_mnist(folder, gz=True):
 
 
 def run_main(module, *args):
-    """Run a script's main() in-process as the command line does (common.run_script); return
+    """Run a script's main() in-process as the command line does (cli.run_script); return
     (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            common.run_script(lambda: module.main([str(a) for a in args]))
+            cli.run_script(lambda: module.main([str(a) for a in args]))
         except SystemExit as e:
             status = e.code
     return status, out.getvalue(), err.getvalue()
+
+
+def prepared_photo(path):
+    """A photo prepared as 04_inference.py --image prepares it: (1, 1, 28, 28) in [-1, 1], and the note."""
+    pixels, note = photo.prepare_image(path)
+    return common.normalize(pixels), note
 
 
 def is_png(path):
@@ -222,7 +230,7 @@ class DataTests(TinyDataTestCase):
     def test_local_copy_is_unpacked_into_the_raw_folder(self):
         self.load()
         raw = self.data_dir / "FashionMNIST" / "raw"
-        for name in common.RAW_FILES:
+        for name in datafiles.RAW_FILES:
             self.assertEqual((raw / name).read_bytes(), gzip.decompress((self.source / f"{name}.gz").read_bytes()))
         self.assertEqual(leftovers(raw), [])
 
@@ -318,10 +326,10 @@ class DamagedDataTests(TinyDataTestCase):
     def test_an_idx_file_of_the_wrong_kind_is_refused(self):
         self.load()
         self.raw().write_bytes(self.raw("train-labels-idx1-ubyte").read_bytes())
-        self.assertEqual(common.idx_problem(self.raw()), "not an IDX file of this kind")
+        self.assertEqual(datafiles.idx_problem(self.raw()), "not an IDX file of this kind")
 
 
-@unittest.skipUnless(REAL_DATA, f"the real data set is not installed ({common.SYSTEM_COPY}): "
+@unittest.skipUnless(REAL_DATA, f"the real data set is not installed ({datafiles.SYSTEM_COPY}): "
                                 "apt-get install dataset-fashion-mnist")
 class RealDataTests(unittest.TestCase):
     @classmethod
@@ -348,13 +356,13 @@ class RealDataTests(unittest.TestCase):
         # on how well a one-epoch network is trained, which differs from one CPU to another.
         # Measured: 0.94 to 0.95 agreement, correlation 0.93; without the negation 0.03 and -0.93,
         # a garment not trimmed to fill the square 0.15 to 0.35 and 0.41.
-        model, _ = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
+        model, _ = saving.load_checkpoint(self.out_dir / "baseline.pt", FashionNeuralNetwork, torch.device("cpu"))
         images = self.testdataset.data[:300]
         photos = []
         for i, image in enumerate(images):
             path = self.out_dir / "photo.jpg"
             path.write_bytes(render_as_photo(image, seed=i))
-            photos.append(common.prepare_image(path)[0])
+            photos.append(prepared_photo(path)[0])
         photos, originals = torch.cat(photos), common.normalize(images)
         with torch.no_grad():
             agreement = (model(photos).argmax(dim=1) == model(originals).argmax(dim=1)).float().mean()
@@ -425,7 +433,7 @@ class TrainingScriptTests(TinyDataTestCase):
         _, testloader = self.load()
         test_set = testloader.dataset.tensors
         for name in ("baseline.pt", "baseline_best.pt"):
-            model, checkpoint = common.load_checkpoint(self.out_dir / name, torch.device("cpu"))
+            model, checkpoint = saving.load_checkpoint(self.out_dir / name, FashionNeuralNetwork, torch.device("cpu"))
             self.assertFalse(model.training)
             self.assertEqual(checkpoint["classes"], list(common.CLASSES))
             # The rebuilt network is the trained one: it measures exactly what was recorded.
@@ -451,7 +459,7 @@ class TrainingScriptTests(TinyDataTestCase):
         for name in ("dropout_loss.png", "baseline_vs_dropout.png", "confidence.png"):
             self.assertTrue(is_png(self.out_dir / name), name)
         self.assertRegex(out, r"without dropout \(epoch 1\) +\d\.\d{3} +\d\.\d{3} +\d\.\d{3}")
-        model, checkpoint = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))
+        model, checkpoint = saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual(checkpoint["dropout"], 0.2)
         self.assertEqual(model.dropout.p, 0.2)
         self.assertIn("Without dropout:", out)
@@ -469,9 +477,9 @@ class TrainingScriptTests(TinyDataTestCase):
     def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(self):
         self.train_script(baseline, "--epochs", 4, "--lr", 0.05)
         losses = json.loads((self.out_dir / "baseline_history.json").read_text())["test_losses"]
-        _, checkpoint = common.load_checkpoint(self.out_dir / "baseline_best.pt", torch.device("cpu"))
+        _, checkpoint = saving.load_checkpoint(self.out_dir / "baseline_best.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual(checkpoint["epoch"], 1 + losses.index(min(losses)))
-        _, last = common.load_checkpoint(self.out_dir / "baseline.pt", torch.device("cpu"))
+        _, last = saving.load_checkpoint(self.out_dir / "baseline.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual(last["epoch"], 4)
 
 
@@ -537,7 +545,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         history = json.loads((self.out_dir / "beyond_history.json").read_text())
         self.assertEqual(history["validated_on"], "validation")
         self.assertTrue(is_png(self.out_dir / "beyond_loss.png"))
-        _, checkpoint = common.load_checkpoint(self.out_dir / "beyond_best.pt", torch.device("cpu"))
+        _, checkpoint = saving.load_checkpoint(self.out_dir / "beyond_best.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertIn("test_accuracy", checkpoint["metrics"])
         self.assertFalse((self.out_dir / "dropout.pt").exists())        # 03's files are its own
 
@@ -616,10 +624,10 @@ class BeyondTheTutorialTests(TinyDataTestCase):
                           for c in calls], [("train", N_TRAIN - 60, 3), ("train", N_TRAIN, chosen),
                                             ("evaluate", N_TEST)])
         self.assertIn(f"Test set, once, with the final fit's {chosen} epochs", out)
-        model, checkpoint = common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
+        model, checkpoint = saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))
         _, accuracy = common.evaluate(model, *self.load()[1].dataset.tensors, torch.device("cpu"))
         self.assertAlmostEqual(accuracy, checkpoint["metrics"]["test_accuracy"], places=6)     # its own weights
-        _, best = common.load_checkpoint(self.out_dir / "beyond_best.pt", torch.device("cpu"))
+        _, best = saving.load_checkpoint(self.out_dir / "beyond_best.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertNotIn("test_accuracy", best["metrics"])
 
     def test_dropout_sweep_prints_its_runs_chooses_by_validation_then_tests_once(self):
@@ -646,7 +654,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         # The test set only once, after the choice, on the final fit of that choice.
         self.assertEqual([c[0] for c in calls], ["train", "train", "train", "evaluate"])
         self.assertEqual(trainings[-1][5], epochs)
-        _, checkpoint = common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
+        _, checkpoint = saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual((checkpoint["dropout"], checkpoint["epoch"]), (chosen, epochs))
 
     def test_same_sweep_same_table_and_an_interrupted_sweep_keeps_its_finished_runs(self):
@@ -718,14 +726,14 @@ class InferenceTests(TinyDataTestCase):
             self.assertTrue(is_png(self.out_dir / name), name)
         correct, total = map(int, re.search(r"Test accuracy: [\d.]+ \((\d+) of (\d+) images\)", out).groups())
         self.assertEqual(total, N_TEST)
-        model, _ = common.load_checkpoint(self.checkpoint, torch.device("cpu"))
+        model, _ = saving.load_checkpoint(self.checkpoint, FashionNeuralNetwork, torch.device("cpu"))
         _, testloader = self.load()
         _, accuracy = common.evaluate(model, *testloader.dataset.tensors, torch.device("cpu"))
         self.assertAlmostEqual(correct / total, accuracy, places=6)
         self.assertIn("Confused most often:", out)
 
     def test_probabilities_sum_to_one(self):
-        model, _ = common.load_checkpoint(self.checkpoint, torch.device("cpu"))
+        model, _ = saving.load_checkpoint(self.checkpoint, FashionNeuralNetwork, torch.device("cpu"))
         images = self.splits["t10k"][0][:5]
         ps = torch.exp(model(common.normalize(images)))
         torch.testing.assert_close(ps.sum(dim=1), torch.ones(5))
@@ -735,7 +743,7 @@ class InferenceTests(TinyDataTestCase):
         photo.paste((40, 40, 90), (30, 10, 90, 50))         # a dark garment
         path = self.tmp / "photo.png"
         photo.save(path)
-        img, note = common.prepare_image(path)
+        img, note = prepared_photo(path)
         self.assertIn("negated", note)
         self.assertEqual(img.shape, (1, 1, 28, 28))
         self.assertEqual(img[0, 0, 0, 0].item(), -1.0)           # background now black
@@ -925,7 +933,7 @@ class StopTests(unittest.TestCase):
         self.assertGreaterEqual(epochs, 1)
         self.assertEqual({len(v) for k, v in history.items() if k != "validated_on"}, {epochs})
         self.assertTrue(is_png(out_dir / "baseline_loss.png"))
-        _, checkpoint = common.load_checkpoint(out_dir / "baseline.pt", torch.device("cpu"))
+        _, checkpoint = saving.load_checkpoint(out_dir / "baseline.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual(checkpoint["epoch"], epochs)
         self.assertEqual(leftovers(out_dir), [])
 
@@ -1013,7 +1021,7 @@ class PictureTests(TinyDataTestCase):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             try:
-                img, note = common.prepare_image(path)
+                img, note = prepared_photo(path)
                 return "image", img, note
             except SystemExit as e:
                 return "refused", e.code, err.getvalue()
@@ -1097,7 +1105,7 @@ class MistakeTests(TinyDataTestCase):
         reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
         failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
         with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
-                mock.patch.object(common.datasets, "FashionMNIST", side_effect=failure):
+                mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
             status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
         self.assertEqual(status, 2)
         self.assertIn("connect to the internet", err.splitlines()[0])
@@ -1119,7 +1127,7 @@ class MistakeTests(TinyDataTestCase):
             checkpoint = str(path).endswith(".tmp") and ".pt." in str(path)
             return FillsUp(path, "wb") if checkpoint else real_open(path, mode, *args, **kwargs)
 
-        with mock.patch.object(common, "open", disk_fills_up, create=True):
+        with mock.patch.object(saving, "open", disk_fills_up, create=True):
             status, out, err = run_main(baseline, *self.paths(), "--epochs", 2)
         self.assertEqual(status, 1)
         self.assertEqual(err.count("\n"), 1, err)
@@ -1217,12 +1225,12 @@ class MistakeTests(TinyDataTestCase):
             raise OSError("disk full")
 
         state = common.FashionNeuralNetwork().state_dict()
-        with mock.patch.object(torch, "save", save_half_then_fail), self.assertRaises(common.WriteError):
-            common.save_checkpoint(path, state, 0.0, {"epoch": 9})
+        with mock.patch.object(torch, "save", save_half_then_fail), self.assertRaises(errors.WriteError):
+            saving.save_checkpoint(path, state, 0.0, {"epoch": 9})
         self.assertEqual(path.read_bytes(), before)
         self.assertEqual(leftovers(self.out_dir), [])
         with self.assertRaises(TypeError):             # json cannot write an object
-            common.write_json(self.out_dir / "new.json", {"x": object()})
+            saving.write_json(self.out_dir / "new.json", {"x": object()})
         self.assertFalse((self.out_dir / "new.json").exists())
         self.assertEqual(leftovers(self.out_dir), [])
 
@@ -1325,7 +1333,7 @@ class DamagedContentsTests(TinyDataTestCase):
         self.assertIn("confidence.png not written: ", out)
         self.assertIn("not numbers", out)
         self.assertFalse((self.out_dir / "confidence.png").exists())
-        common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))     # what 03 saved stays
+        saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork, torch.device("cpu"))     # what 03 saved stays
 
     def test_any_history_contents_skip_the_comparison_with_a_reason(self):
         texts = ['{"not": "a history"}', "[1, 2]", "half a file [", "\xff\xfe", "NaN", "null",
@@ -1341,13 +1349,13 @@ class DamagedContentsTests(TinyDataTestCase):
         for text in texts:
             with self.subTest(text[:80]):
                 self.tmp.joinpath("history.json").write_text(text, errors="surrogateescape")
-                with self.assertRaises(common.BadFile):
-                    common.read_history(self.tmp / "history.json")
+                with self.assertRaises(errors.BadFile):
+                    saving.read_history(self.tmp / "history.json")
         os.mkfifo(self.tmp / "fifo.json")              # reading it would wait for a writer forever
-        with self.assertRaises(common.BadFile):
-            common.read_history(self.tmp / "fifo.json")
+        with self.assertRaises(errors.BadFile):
+            saving.read_history(self.tmp / "fifo.json")
         self.tmp.joinpath("history.json").write_text(json.dumps(good))
-        self.assertEqual(common.read_history(self.tmp / "history.json").test_losses, [0.4])
+        self.assertEqual(saving.read_history(self.tmp / "history.json")["test_losses"], [0.4])
         self.out_dir.mkdir()
         (self.out_dir / "baseline_history.json").write_text(texts[-1])
         out = self.train_script(dropout)
@@ -1356,7 +1364,7 @@ class DamagedContentsTests(TinyDataTestCase):
     def test_a_path_that_cannot_be_read_and_a_decoders_own_exception_are_one_sentence(self):
         self.use_trained_dropout()
         denied = PermissionError(errno.EACCES, "Permission denied", str(self.tmp / "locked"))
-        with mock.patch.object(common, "ensure_raw_files", side_effect=denied):
+        with mock.patch.object(datafiles, "ensure_raw_files", side_effect=denied):
             err = self.assert_refused(baseline, [], f"cannot read {self.tmp / 'locked'} (Permission denied)")
         self.assertEqual(err.count("\n"), 1, err)
         Image.new("RGB", (30, 30), "white").save(self.tmp / "shirt.png")
@@ -1382,7 +1390,7 @@ class OutputTests(TinyDataTestCase):
     def test_a_closed_stdout_ends_well(self):                     # python 02_baseline.py >&-
         with contextlib.redirect_stdout(None):
             with self.assertRaises(SystemExit) as stop:
-                common.run_script(lambda: baseline.main([str(a) for a in self.paths()] + ["--epochs", "1"]))
+                cli.run_script(lambda: baseline.main([str(a) for a in self.paths()] + ["--epochs", "1"]))
         self.assertEqual(stop.exception.code, 0)
         self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
 
@@ -1402,7 +1410,7 @@ class OutputTests(TinyDataTestCase):
         err = io.StringIO()
         with contextlib.redirect_stdout(ClosedPipe()), contextlib.redirect_stderr(err):
             with self.assertRaises(SystemExit) as stop:
-                common.run_script(lambda: data_step.main([str(a) for a in self.paths()]))
+                cli.run_script(lambda: data_step.main([str(a) for a in self.paths()]))
         self.assertEqual((stop.exception.code, err.getvalue()), (141, ""))
 
     def test_under_nohup_a_hangup_stays_ignored(self):
@@ -1426,8 +1434,8 @@ class CudaTests(TinyDataTestCase):
         for name in ("baseline_loss.png", "dropout_loss.png", "baseline_vs_dropout.png", "confidence.png"):
             self.assertTrue(is_png(self.out_dir / name), name)
         # Written on the GPU, read on a CPU: the same predictions.
-        gpu_model, checkpoint = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cuda"))
-        cpu_model, _ = common.load_checkpoint(self.out_dir / "dropout.pt", torch.device("cpu"))
+        gpu_model, checkpoint = saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork, torch.device("cuda"))
+        cpu_model, _ = saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork, torch.device("cpu"))
         self.assertEqual(next(cpu_model.parameters()).device.type, "cpu")
         images, labels = self.load()[1].dataset.tensors
         _, cpu_accuracy = common.evaluate(cpu_model, images, labels, torch.device("cpu"))
@@ -1446,4 +1454,4 @@ class CudaTests(TinyDataTestCase):
                                 "--mixup", 0.2, "--augment", "shift+flip", "--schedule", "cosine",
                                 "--weight-decay", 0.01)
         self.assertIn("Test set, once, with the final fit's", out)
-        common.load_checkpoint(self.out_dir / "beyond_final.pt", torch.device("cpu"))
+        saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))

@@ -28,6 +28,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common                                     # noqa: E402  (the scripts' folder, added just above)
 from common import FashionNeuralNetwork           # noqa: E402
+from plumbing import cli, datafiles               # noqa: E402
 
 
 
@@ -112,12 +113,12 @@ def cpu_model():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=common.positive_int, default=7, help="rounds of one epoch each (default: 7)")
-    parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR, help="torchvision root, as in the scripts")
+    parser.add_argument("--rounds", type=cli.positive_int, default=7, help="rounds of one epoch each (default: 7)")
+    parser.add_argument("--data-dir", default=cli.DEFAULT_DATA_DIR, help="torchvision root, as in the scripts")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):
-        common.ensure_raw_files(args.data_dir)                # a local copy first, as the scripts do
+        datafiles.ensure_raw_files(args.data_dir)                # a local copy first, as the scripts do
     data_dir = Path(args.data_dir).expanduser()
 
     print(f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} "

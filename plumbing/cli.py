@@ -1,0 +1,194 @@
+"""The command line: the flags every script shares, and the runner that turns a script's end into
+an exit status.
+
+Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely (its finished epochs
+saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; a bad flag value is
+refused in the parser's voice, saying the range it takes.
+"""
+import argparse
+import math
+import os
+import signal
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import torch
+
+from plumbing.errors import WriteError, fail
+
+DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "outputs"
+# How a run ended (common.train's Run.stopped) as the shell's exit status.
+EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
+
+
+def exit_status(run):
+    """The exit status for how a training run ended."""
+    return EXIT_STATUS[run.stopped]
+
+
+# ------------------------------------------------------------------------------- the script runner
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a container's stop) or SIGHUP (the terminal closed), raised where a
+    Ctrl-C would be: the same polite stop, with the shell's status for that signal."""
+
+    def __init__(self, signum):
+        super().__init__()
+        self.stopped = "hung up" if signum == signal.SIGHUP else "terminated"
+        self.status = 128 + signum
+
+
+def _terminate(signum, frame):
+    if signum == signal.SIGHUP:     # the terminal is gone: what was to show there goes nowhere
+        _silence(*(s for s in (sys.stdout, sys.stderr) if s.isatty()))
+    raise Terminated(signum)
+
+
+def _silence(*streams):
+    """Point the streams at /dev/null: their terminal, pipe or disk cannot take more."""
+    for stream in filter(None, streams):                   # None: closed at the start
+        with suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def run_script(main):
+    """Run a script's main() for the command line: its return value is the exit status. Ctrl-C,
+    SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
+    path and a failed write end in one sentence."""
+    signal.signal(signal.SIGTERM, _terminate)
+    hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
+    if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
+        signal.signal(hangup, _terminate)
+    try:
+        status = main()
+        if sys.stdout:                   # None when the script was started with stdout closed
+            sys.stdout.flush()
+    except KeyboardInterrupt as stop:
+        with suppress(OSError):
+            print("\nStopped: the files already written are complete.", file=sys.stderr)
+        status = stop.status if isinstance(stop, Terminated) else 130
+    except WriteError as e:
+        status = _say(f"{e}: the file was left as it was. {e.fix} or pass another --out-dir, "
+                      "and run again.", 1)
+    except OSError as e:
+        if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
+            _silence(sys.stdout)
+            if isinstance(e, BrokenPipeError):       # its reader has all it wanted: no message
+                status = 141
+            else:
+                status = _say(f"the output could not be written ({e.strerror or e}).", 1)
+        else:                            # a path that could not be checked or read
+            status = _say(f"cannot read {e.filename} ({e.strerror}): check the path and its "
+                          "permissions, or pass another.", 2)
+    for stream in filter(None, (sys.stdout, sys.stderr)):
+        try:
+            stream.flush()
+        except OSError:
+            _silence(stream)
+    sys.exit(status)
+
+
+def _say(message, status):
+    """fail()'s sentence, for run_script, which has no caller left to stop: returns the status."""
+    with suppress(OSError):
+        print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each help line ends with its default, except where there is none to state."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(doc):
+    """The flags every script has: where the data is and where the outputs go."""
+    # doc is the script's docstring: None under python -OO, which drops docstrings.
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--data-dir", type=path_arg, default=DEFAULT_DATA_DIR,
+                        help="torchvision root; the IDX files live in DATA_DIR/FashionMNIST/raw/")
+    parser.add_argument("--out-dir", type=path_arg, default=str(DEFAULT_OUT_DIR),
+                        help="folder for plots, histories, checkpoints")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never download; use only local copies of the data")
+    return parser
+
+
+def add_dropout_arg(parser):
+    parser.add_argument("--dropout", type=probability, default=0.2,
+                        help="probability of zeroing each hidden unit while training")
+
+
+def add_device_arg(parser):
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto picks CUDA, then Apple's MPS, then the CPU")
+
+
+def make_training_parser(doc):
+    """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
+    parser = make_parser(doc)
+    parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=64,
+                        help="images per batch")
+    parser.add_argument("--lr", type=positive_float, default=0.003, help="Adam's learning rate")
+    parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
+                        help="random seed: the same seed gives the same run")
+    add_device_arg(parser)
+    return parser
+
+
+def get_device(name):
+    """The device --device names; 'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    available = [d for d, ok in (("cuda", torch.cuda.is_available()),
+                                 ("mps", torch.backends.mps.is_available()), ("cpu", True)) if ok]
+    if name == "auto":
+        return torch.device(available[0])
+    if name not in available:
+        fail(f"--device {name} is not available on this machine; use --device auto or one of: "
+             f"{', '.join(available)}.")
+    return torch.device(name)
+
+
+def path_arg(text):
+    """An argparse type for a path: an empty one is refused, not read as "not given"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a path, or leave the flag out")
+    return text
+
+
+def _number(kind, low, high=None, low_open=False):
+    """An argparse type for a number in [low, high) (or (low, high) when low_open), saying the
+    range when refused."""
+    if high is not None:
+        allowed = (f"from {low} to {high - 1}" if kind is int
+                   else f"from {low} up to but not including {high}")
+    else:
+        allowed = f"greater than {low}" if low_open else f"at least {low}"
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; use {what} {allowed}") \
+                from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or \
+                (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use {what} {allowed}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1)
+positive_float = _number(float, 0, low_open=True)
+non_negative_int = _number(int, 0)
+non_negative_float = _number(float, 0)
+probability = _number(float, 0, 1)
