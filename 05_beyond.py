@@ -169,13 +169,17 @@ def sweep(args, trainloader, testloader, device, out_dir):
     if not runs:
         print("No epoch was completed: nothing to draw.")
         return cli.exit_status(run)
-    # The gap: the final validation loss above the final training loss (overfitting when large).
+    # The final gap: the final validation loss above the final training loss, how much of what
+    # the network learnt holds only for its training images. Overfitting: common.overfitting's
+    # rule, the validation loss's climb over the last half of the epochs against its noise.
     print(f"\n{'dropout':>7} {'lowest val loss':>15} {'at epoch':>8} {'final val loss':>14} "
-          f"{'final gap':>9} {'val accuracy at lowest':>22}")
+          f"{'final gap':>9} {'overfitting':>11} {'val accuracy at lowest':>22}")
     for p, r in runs.items():
         best = r.best_epoch
+        verdict = {True: "yes", False: "no", None: "too early"}[common.overfitting(r)[0]]
         print(f"{p:>7} {r.test_losses[best - 1]:>15.4f} {best:>8} {r.test_losses[-1]:>14.4f} "
-              f"{r.test_losses[-1] - r.train_losses[-1]:>+9.3f} {r.accuracies[best - 1]:>22.3f}")
+              f"{r.test_losses[-1] - r.train_losses[-1]:>+9.3f} {verdict:>11} "
+              f"{r.accuracies[best - 1]:>22.3f}")
     chosen = None      # the lowest validation loss of all, from a sweep that ran to its end
     if not run.stopped:
         chosen = min(runs, key=lambda p: runs[p].test_losses[runs[p].best_epoch - 1])

@@ -1,9 +1,7 @@
-"""The lesson's shared code, in the tutorial's order: the network, the training loop and the record
-it returns, the loss plot and a run's verdict (steps 2 and 3), view_classify (step 4), and the
-data (step 1), which every script loads first.
+"""The lesson's shared code: the network, the training loop and the Run it returns, the loss plot
+and the verdict on overfitting (steps 2, 3), view_classify (step 4), and the data (step 1).
 
-The mechanics a learner may skip (flags, safe files, checking the data files) live in plumbing/,
-and every call to them says so by its module name. Importing this module does nothing.
+The mechanics a learner may skip live in plumbing/; each call says so by its module name.
 """
 import sys
 import time
@@ -17,7 +15,7 @@ from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sequentia
                               TensorDataset)
 from torchvision import datasets
 
-from plumbing import datafiles
+from plumbing import datafiles, saving
 
 # The names of the labels 0 to 9, as torchvision's FashionMNIST gives them
 CLASSES = tuple(datasets.FashionMNIST.classes)
@@ -106,7 +104,7 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
                       f"{name} Loss: {test_loss:.3g}: the training has blown up.")
                 return Run(validated_on, train_losses, test_losses, accuracies, seconds, weights,
                            "diverged")
-            weights = keep_weights(weights, model, i + 1, test_losses)     # ours, for checkpoints
+            weights = saving.keep_weights(weights, model, i + 1, test_losses)  # ours, the .pt
             # Append the average losses to the array for plotting
             train_losses.append(train_loss)
             test_losses.append(test_loss)
@@ -127,15 +125,6 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
 DIVERGED_LOSS = 100.0
 
 
-def keep_weights(weights, model, epoch, earlier_losses):
-    """train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added; kept besides: the
-    epoch before and the best one before it, which a Ctrl-C landing before this one still needs."""
-    best = 1 + min(range(len(earlier_losses)), key=earlier_losses.__getitem__, default=-1)
-    weights = {e: w for e, w in weights.items() if e in (epoch - 1, best)}
-    weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return weights
-
-
 @dataclass
 class Run:
     """What train() returns: the tutorial's train_losses and test_losses (on the set validated
@@ -145,7 +134,7 @@ class Run:
     test_losses: list = field(default_factory=list)
     accuracies: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
-    weights: dict = field(default_factory=dict)   # epoch -> state_dict: the last and the best...
+    weights: dict = field(default_factory=dict)   # epoch -> state_dict (plumbing.saving)
     stopped: str = None     # None, "diverged", "interrupted" (Ctrl-C), "terminated", "hung up"
     test_of_best: dict = None        # with a validation split: the test set's verdict on the best
 
@@ -211,10 +200,10 @@ def overfitting(run):
     straight line fitted to those losses; the noise, its standard error, from how far the losses
     scatter around the line. Returns (verdict, climb, noise); the verdict is None under 10 epochs.
     """
+    if run.epochs < 10:
+        return None, None, None
     losses = run.test_losses[run.epochs // 2:]                # the last half (the middle too)
     k = len(losses)
-    if k < 5:
-        return None, None, None
     x = [i - (k - 1) / 2 for i in range(k)]                    # those epochs, centred on 0
     sxx = sum(a * a for a in x)
     slope = sum(a * y for a, y in zip(x, losses)) / sxx        # least squares
@@ -237,14 +226,10 @@ def print_summary(run):
         print(f"Final validation loss:  {final:.3f} at epoch {last}, {final - lowest:.3f} above "
               f"its lowest")
         verdict, climb, noise = overfitting(run)
-        first = run.epochs // 2 + 1
-        if verdict is None:
-            print("Overfitting: too few epochs to tell (it takes 10)")
-        else:
-            print(f"Overfitting: {'yes' if verdict else 'no'}: from epoch {first} to {last} the "
-                  f"validation loss {'climbed' if climb > 0 else 'fell'} by {abs(climb):.3f}, "
-                  f"where its noise is {noise:.3f} ({'more' if verdict else 'less'} than twice "
-                  "that)")
+        print("Overfitting: too few epochs to tell (it takes 10)" if verdict is None else
+              f"Overfitting: {'yes' if verdict else 'no'}: from epoch {last // 2 + 1} to {last} "
+              f"the validation loss {'climbed' if climb > 0 else 'fell'} by {abs(climb):.3f}, "
+              f"{'more' if verdict else 'less'} than twice its noise ({noise:.3f})")
         print(f"{f'Final {v} accuracy:':<23} {run.accuracies[-1]:.3f}")
         print(f"Time: {seconds:.1f} s for {last} epoch{'s' * (last > 1)}, "
               f"{seconds / last:.2f} s per epoch")

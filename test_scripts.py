@@ -41,6 +41,7 @@ from torchvision import datasets, transforms
 import common
 from common import FashionNeuralNetwork
 from plumbing import cli, datafiles, errors, photo, saving
+from plumbing import threads as threads_module
 
 HERE = Path(__file__).resolve().parent
 data_step = importlib.import_module("01_data")
@@ -375,6 +376,125 @@ class RealDataTests(unittest.TestCase):
 
 # ----------------------------------------------------------------------------- step 2: network and loop
 
+class OverfittingRuleTests(unittest.TestCase):
+    """common.overfitting: the one rule behind every verdict (02, 03, 05's sweep)."""
+    # The notebook's own printed validation losses, 30 epochs each: its baseline climbs, its
+    # dropout run wobbles (its final loss is 0.007 above its lowest).
+    TUTORIAL_BASELINE = [0.434, 0.421, 0.395, 0.381, 0.360, 0.371, 0.411, 0.375, 0.377, 0.379,
+                         0.372, 0.370, 0.391, 0.364, 0.396, 0.424, 0.387, 0.375, 0.376, 0.389,
+                         0.417, 0.402, 0.387, 0.397, 0.386, 0.438, 0.417, 0.421, 0.431, 0.466]
+    TUTORIAL_DROPOUT = [0.544, 0.439, 0.441, 0.408, 0.411, 0.402, 0.411, 0.400, 0.381, 0.398,
+                        0.404, 0.401, 0.402, 0.389, 0.402, 0.387, 0.404, 0.390, 0.395, 0.376,
+                        0.370, 0.387, 0.387, 0.380, 0.376, 0.390, 0.398, 0.377, 0.375, 0.377]
+
+    def run_of(self, losses):
+        n = len(losses)
+        return common.Run("test", [0.3] * n, list(losses), [0.8] * n, [1.0] * n)
+
+    def test_the_notebooks_baseline_overfits_and_its_dropout_run_does_not(self):
+        self.assertTrue(common.overfitting(self.run_of(self.TUTORIAL_BASELINE))[0])
+        self.assertFalse(common.overfitting(self.run_of(self.TUTORIAL_DROPOUT))[0])
+
+    def test_a_climb_counts_only_when_it_beats_the_curves_own_noise(self):
+        g = torch.Generator().manual_seed(0)
+        wobble = (torch.rand(30, generator=g) - 0.5).tolist()          # uniform, spread 1
+        climbing = [0.35 + 0.004 * max(0, e - 12) for e in range(30)]   # +0.07 over the last half
+        for size, expected in ((0.01, True), (0.2, False)):
+            losses = [c + size * w for c, w in zip(climbing, wobble)]
+            verdict, climb, noise = common.overfitting(self.run_of(losses))
+            self.assertEqual(verdict, expected, (size, climb, noise))
+        # A flat curve is never overfitting, however it wobbles; a straight climb always is.
+        flat = [0.37 + 0.05 * w for w in wobble]
+        self.assertFalse(common.overfitting(self.run_of(flat))[0])
+        verdict, climb, noise = common.overfitting(self.run_of([0.3 + 0.01 * e for e in range(30)]))
+        self.assertTrue(verdict)
+        self.assertAlmostEqual(climb, 0.01 * 14)                        # epochs 16 to 30
+        # A straight fall: no.
+        self.assertFalse(common.overfitting(self.run_of([0.6 - 0.01 * e for e in range(30)]))[0])
+
+    def test_under_ten_epochs_it_does_not_judge_and_says_so(self):
+        self.assertEqual(common.overfitting(self.run_of([0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1]))[0],
+                         None)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            common.print_summary(self.run_of([0.5, 0.4, 0.45]))
+        self.assertIn("Overfitting: too few epochs to tell (it takes 10)", out.getvalue())
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            common.print_summary(self.run_of(self.TUTORIAL_BASELINE))
+        self.assertIn("Overfitting: yes: from epoch 16 to 30 the validation loss climbed by", out.getvalue())
+
+
+class ThreadRuleTests(unittest.TestCase):
+    """plumbing.threads: the thread count chosen by timing the steps (docs/speed.md)."""
+
+    def chooser(self, threads, seconds_per_step):
+        """A ThreadChooser on a fake clock: each step takes seconds_per_step(thread count)."""
+        now, used = [0.0], [threads]
+
+        def set_threads(n):
+            used[0] = n
+
+        chooser = threads_module.ThreadChooser(threads, clock=lambda: now[0], set_threads=set_threads)
+
+        def steps(n):
+            for _ in range(n):
+                now[0] += seconds_per_step(used[0])
+                chooser.step()
+            return used[0]
+        return chooser, steps
+
+    def test_the_candidates_for_2_to_16_cores(self):
+        self.assertEqual([threads_module.candidates(n) for n in (1, 2, 4, 8, 16)],
+                         [[1], [2, 1], [4, 3, 2, 1], [8, 7, 4, 1], [16, 15, 8, 1]])
+
+    def test_the_fastest_count_is_kept_and_a_slowdown_makes_it_choose_again(self):
+        window = threads_module.WINDOW
+        alone = {2: 0.0020, 1: 0.0026}                         # two threads 1.3x faster alone
+        busy = {2: 0.0100, 1: 0.0028}                          # and 3.6x slower beside a busy program
+        load = [alone]
+        chooser, steps = self.chooser(2, lambda n: load[0][n])
+        self.assertEqual(steps(3 * window), 2)                 # timed 2, then 1: 2 is kept
+        self.assertEqual(chooser.choice, 2)
+        load[0] = busy                                         # another program starts
+        used = steps(4 * window)
+        self.assertEqual((chooser.choice, used), (1, 1))
+        load[0] = alone                                        # and stops: found at the next round
+        steps(threads_module.LONGEST * window + 3 * window)
+        self.assertEqual(chooser.choice, 2)
+
+    def test_on_four_cores_one_busy_it_leaves_that_core(self):
+        times = {4: 0.010, 3: 0.0016, 2: 0.0020, 1: 0.0030}   # 4 threads wait for the busy core
+        chooser, steps = self.chooser(4, lambda n: times[n])
+        self.assertEqual(steps(6 * threads_module.WINDOW), 3)
+
+    def test_a_pause_between_two_steps_such_as_validation_does_not_count(self):
+        pauses = iter([1.0 if i % 30 == 29 else 0.002 for i in range(1000)])
+        chooser, steps = self.chooser(2, lambda n: next(pauses) * (1 if n == 2 else 1.3))
+        steps(3 * threads_module.WINDOW)
+        self.assertEqual(chooser.choice, 2)
+
+    def test_a_thread_count_the_user_set_is_obeyed_and_torchs_is_restored(self):
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
+                with threads_module.chosen_by_measuring() as chooser:
+                    self.assertIsNone(chooser)
+            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}):
+                with threads_module.chosen_by_measuring() as chooser:
+                    self.assertIsInstance(chooser, threads_module.ThreadChooser)
+                    model = nn.Linear(4, 2)
+                    optimizer = optim.SGD(model.parameters(), lr=0.1)
+                    for _ in range(threads_module.WINDOW + 2):     # the steps reach the chooser
+                        optimizer.step()
+                    self.assertIn(2, chooser.timed)
+                    torch.set_num_threads(1)
+                self.assertEqual(torch.get_num_threads(), 2)
+        finally:
+            torch.set_num_threads(before)
+
+
 class NetworkTests(unittest.TestCase):
     def test_output_shape_and_log_probabilities(self):
         torch.manual_seed(0)
@@ -644,7 +764,8 @@ class BeyondTheTutorialTests(TinyDataTestCase):
             self.assertEqual(history["test_losses"], run.test_losses)
             best = run.best_epoch
             row = (f"{float(p):>7} {run.test_losses[best - 1]:>15.4f} {best:>8} {run.test_losses[-1]:>14.4f} "
-                   f"{run.test_losses[-1] - run.train_losses[-1]:>+9.3f} {run.accuracies[best - 1]:>22.3f}")
+                   f"{run.test_losses[-1] - run.train_losses[-1]:>+9.3f} {'too early':>11} "
+                   f"{run.accuracies[best - 1]:>22.3f}")              # 3 epochs: too few to judge
             self.assertIn(row, out)
         lowest = {float(p): min(h["test_losses"]) for p, h in sweep["runs"].items()}
         chosen = min(lowest, key=lowest.get)
@@ -1182,7 +1303,7 @@ class MistakeTests(TinyDataTestCase):
                 self.assert_refused(baseline, ["--out-dir", "/proc"], "cannot write to /proc")
 
     def test_divergence_keeps_the_epochs_before_it(self):
-        real_keep = common.keep_weights
+        real_keep = saving.keep_weights
 
         def poisoned(weights, model, epoch, *args):
             weights = real_keep(weights, model, epoch, *args)
@@ -1191,7 +1312,7 @@ class MistakeTests(TinyDataTestCase):
                     model.layer_input.weight.fill_(float("nan"))
             return weights
 
-        with mock.patch.object(common, "keep_weights", poisoned):
+        with mock.patch.object(saving, "keep_weights", poisoned):
             status, out, err = run_main(baseline, *self.paths(), "--epochs", 3)
         self.assertEqual(status, 1)
         self.assertIn("smaller --lr", err)

@@ -1,6 +1,7 @@
 """How fast is an epoch of 02_baseline.py, beside the tutorial's own pipeline and the machine's limit?
 
     python bench/speed.py [--rounds 7] [--data-dir ~/.pytorch/F_MNIST_data/]
+    python bench/speed.py --busy 2 [--rounds 3] [--fixed-threads 2]
 
 Each round times one epoch (training and validation) of the tutorial's pipeline as the notebook
 writes it (a DataLoader over torchvision's FashionMNIST with a per-image ToTensor + Normalize,
@@ -10,6 +11,12 @@ first. It prints each round, the median ratio and the compute floor measured on 
 network's FLOPs per epoch over the rate a large matrix product reaches here. Run it alone on the
 machine: a second job on the same cores slows both. It finds the data as the scripts do (a local
 copy first, so it runs offline where the scripts do).
+
+With --busy N it measures the machine shared instead: it starts its own busy programs (a Python
+loop each, standing in for a browser tab or a notebook kernel), 0 to N of them, and times an epoch
+of the scripts with their thread choice (plumbing.threads) against a fixed thread count,
+alternating, each round; it prints the median of the rounds, and stops every program it started,
+also on Ctrl-C.
 """
 import argparse
 import contextlib
@@ -17,6 +24,7 @@ import io
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +36,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common                                     # noqa: E402  (the scripts' folder, added just above)
 from common import FashionNeuralNetwork           # noqa: E402
-from plumbing import cli, datafiles               # noqa: E402
+from plumbing import cli, datafiles, threads      # noqa: E402
 
 
 
@@ -77,11 +85,60 @@ def scripts_setup(data_dir):
     return model, nn.NLLLoss(), optimizer, trainloader, testloader
 
 
-def scripts_epoch(model, loss_function, optimizer, trainloader, testloader):
-    """One epoch of common.train(), the loop 02_baseline.py runs."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        run = common.train(model, trainloader, testloader, loss_function, optimizer, 1, torch.device("cpu"))
+def scripts_epoch(model, loss_function, optimizer, trainloader, testloader, fixed_threads=None):
+    """One epoch of common.train(), the loop 02_baseline.py runs, with its thread choice as the
+    scripts make it (plumbing.threads, started afresh), or with a fixed thread count."""
+    before = torch.get_num_threads()
+    if fixed_threads:
+        torch.set_num_threads(fixed_threads)
+    choice = contextlib.nullcontext() if fixed_threads else threads.chosen_by_measuring()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), choice:
+            run = common.train(model, trainloader, testloader, loss_function, optimizer, 1,
+                               torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
     return run.accuracies[-1]
+
+
+@contextlib.contextmanager
+def busy_programs(n):
+    """n programs that keep a core busy each, stopped whatever happens (Ctrl-C too)."""
+    programs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for program in programs:
+            program.kill()
+            program.wait()
+
+
+def busy_mode(args, data_dir):
+    """The scripts' epoch beside 0 to --busy busy programs: their thread choice against a fixed
+    count, alternating, --rounds rounds; the medians and each one's ratio to the same side alone."""
+    state = scripts_setup(data_dir)
+    sides = {"scripts' choice": None, f"{args.fixed_threads} threads fixed": args.fixed_threads}
+    times = {(busy, side): [] for busy in range(args.busy + 1) for side in sides}
+    for r in range(1, args.rounds + 1):
+        for busy in range(args.busy + 1):
+            with busy_programs(busy):
+                order = list(sides) if (r + busy) % 2 else list(sides)[::-1]
+                for side in order:
+                    start = time.perf_counter()
+                    scripts_epoch(*state, fixed_threads=sides[side])
+                    times[busy, side].append(time.perf_counter() - start)
+                    print(f"round {r}, {busy} busy, {side}: {times[busy, side][-1]:.2f} s",
+                          flush=True)
+    print(f"\nMedian of {args.rounds} rounds, seconds an epoch (and against the same side alone):")
+    print(f"{'condition':<26}" + "".join(f"{side:>26}" for side in sides))
+    for busy in range(args.busy + 1):
+        name = "alone" if busy == 0 else f"beside {busy} busy program{'s' * (busy > 1)}"
+        cells = []
+        for side in sides:
+            median = statistics.median(times[busy, side])
+            cells.append(f"{median:.2f} ({median / statistics.median(times[0, side]):.2f}x)")
+        print(f"{name:<26}" + "".join(f"{cell:>26}" for cell in cells))
+    return 0
 
 
 def matmul_rate(n=2048, seconds=2.0):
@@ -115,6 +172,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=cli.positive_int, default=7, help="rounds of one epoch each (default: 7)")
     parser.add_argument("--data-dir", default=cli.DEFAULT_DATA_DIR, help="torchvision root, as in the scripts")
+    parser.add_argument("--busy", type=cli.non_negative_int, default=0,
+                        help="measure beside 0 to BUSY busy programs instead (default: 0, off)")
+    parser.add_argument("--fixed-threads", type=cli.positive_int, default=torch.get_num_threads(),
+                        help="with --busy: the fixed thread count to compare with (default: "
+                             "torch's own, %(default)s)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -123,6 +185,8 @@ def main(argv=None):
 
     print(f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} "
           f"threads; torch {torch.__version__}, Python {platform.python_version()}")
+    if args.busy:
+        return busy_mode(args, data_dir)
     rate = matmul_rate()
     flops = epoch_flops()
     floor = flops / rate

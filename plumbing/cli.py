@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from plumbing import threads
 from plumbing.errors import WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
@@ -62,7 +63,8 @@ def run_script(main):
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
         signal.signal(hangup, _terminate)
     try:
-        status = main()
+        with threads.chosen_by_measuring():      # fast also when another program wants a core
+            status = main()
         if sys.stdout:                   # None when the script was started with stdout closed
             sys.stdout.flush()
     except KeyboardInterrupt as stop:

@@ -74,7 +74,17 @@ def prepare_out_dir(out_dir):
     return out_dir
 
 
-# -------------------------------------------------------------------------- a run's history
+# -------------------------------------------------------------------------------- a run's history
+
+def keep_weights(weights, model, epoch, earlier_losses):
+    """common.train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added, for the
+    checkpoints: kept besides, the epoch before and the best one before it, which a Ctrl-C landing
+    before this epoch is recorded still needs. At most three epochs are held."""
+    best = 1 + min(range(len(earlier_losses)), key=earlier_losses.__getitem__, default=-1)
+    weights = {e: w for e, w in weights.items() if e in (epoch - 1, best)}
+    weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return weights
+
 
 def metrics(run, epoch):
     """One epoch's numbers, as its checkpoint keeps them."""

@@ -1,0 +1,99 @@
+"""How many CPU threads PyTorch uses while training, chosen by measuring, not assumed.
+
+Keeps safe: the speed of an epoch on a machine that is busy with something else. PyTorch splits
+each matrix product over all the cores, and its threads meet at a barrier inside every product:
+when another program takes one of the cores, every step waits for the thread that lost its core,
+and on 2 cores an epoch takes 4 to 7 times longer (docs/speed.md). So, between optimizer steps,
+each candidate thread count is timed for a short window, the fastest is kept, and the choice is
+timed again now and then, or at once when the steps slow down. An OMP_NUM_THREADS set by the
+user is obeyed as given: then nothing here runs.
+"""
+import os
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+WINDOW = 40           # optimizer steps timed per try: about a tenth of a second here
+KEEP = 25             # windows the choice is kept before the candidates are timed again,
+LONGEST = 4 * KEEP    # doubled each time the same count wins again, up to this
+SLOWER = 1.5          # a window this much slower than the choice's own time: time them again
+
+
+def candidates(threads):
+    """The thread counts worth timing on `threads` cores, fewest last: all of them, all but the
+    one another program may hold, half of them, and one."""
+    return sorted({threads, threads - 1, threads // 2, 1} - {0}, reverse=True)
+
+
+class ThreadChooser:
+    """Times the steps in windows and sets torch's thread count between two steps.
+
+    Each round times every candidate for one window (the median step, so that a validation pass
+    between two steps counts for nothing) and keeps the fastest for KEEP windows, twice as long
+    each time the same count wins again (up to LONGEST). A window of the choice that runs SLOWER
+    than it was timed (another program has started) starts a new round at once.
+    """
+
+    def __init__(self, threads, clock=time.perf_counter, set_threads=torch.set_num_threads):
+        self.threads, self.clock, self.set_threads = threads, clock, set_threads
+        self.choice, self.timed, self.steps, self.last = threads, {}, [], None
+        self.plan = candidates(threads)      # the counts still to time in this round
+        self.kept, self.keep_for = 0, KEEP
+        self.set_threads(self.plan[0])
+
+    def step(self):
+        """Called after each optimizer step."""
+        now = self.clock()
+        if self.last is not None:
+            self.steps.append(now - self.last)
+        self.last = now
+        if len(self.steps) < WINDOW:
+            return
+        median, self.steps = statistics.median(self.steps), []
+        if self.plan:                                           # timing the candidates
+            self.timed[self.plan.pop(0)] = median
+            if self.plan:
+                return self._use(self.plan[0])
+            choice = min(self.timed, key=self.timed.get)
+            self.keep_for = min(2 * self.keep_for, LONGEST) if choice == self.choice else KEEP
+            self.choice, self.kept = choice, 0
+            return self._use(self.choice)
+        self.kept += 1                                          # running the choice
+        if self.kept >= self.keep_for or median > SLOWER * self.timed[self.choice]:
+            self.timed, self.plan = {}, candidates(self.threads)
+            self._use(self.plan[0])
+
+    def _use(self, n):
+        self.set_threads(n)
+        self.last = None                  # the step after a change starts a new interval
+
+
+def user_chose():
+    """Whether the user set the thread count: then it is obeyed as given."""
+    return any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
+@contextmanager
+def chosen_by_measuring():
+    """While training on the CPU, torch's thread count is the fastest measured (ThreadChooser),
+    unless the user set it or there is one core; restored afterwards."""
+    threads = torch.get_num_threads()
+    if threads < 2 or user_chose():
+        yield
+        return
+    chooser = ThreadChooser(threads)
+
+    def after_step(optimizer, args, kwargs):
+        params = optimizer.param_groups[0]["params"]
+        if params and params[0].device.type == "cpu":       # a GPU's steps need no CPU threads
+            chooser.step()
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        yield chooser
+    finally:
+        handle.remove()
+        torch.set_num_threads(threads)
