@@ -34,15 +34,42 @@ def main(argv=None):
           f"batch size {args.batch_size}, lr {args.lr}, weight decay {args.weight_decay} "
           f"({'AdamW' if args.weight_decay else 'Adam'}), schedule {args.schedule}, "
           f"augment {args.augment}, mixup {args.mixup}, validation split {args.val_split}, "
-          f"final fit {args.final_fit}, seed {args.seed}, device {device}")
+          f"final fit {args.final_fit}, seed {args.seed}{seeds_note(args)}, device {device}")
     trainloader, testloader = common.load_data(args.data_dir, args.batch_size,
                                                download=not args.no_download)
     if args.sweep_dropout:
         return sweep(args, trainloader, testloader, device, out_dir)
+    progress = Progress(args, runs=args.seeds)
+    outcomes = {}
+    for seed in seeds(args):
+        progress.start(f"seed {seed}")
+        torch.manual_seed(seed)          # each seed's run as if alone: `--seed SEED` gives it too
+        outcomes[seed] = one_run(args, seed, trainloader, testloader, device,
+                                 out_dir if seed == args.seed else None)
+        progress.done(outcomes[seed]["run"])
+        if outcomes[seed]["status"]:
+            break
+    if args.seeds > 1:
+        runs = {seed: o["run"] for seed, o in outcomes.items() if o["run"].epochs}
+        print_spread({args.dropout: runs}, "dropout")
+        tests = [o["test_accuracy"] for o in outcomes.values() if o["test_accuracy"] is not None]
+        if tests:
+            mean, sd = mean_sd(tests)
+            print(f"Test accuracy, once per seed: {', '.join(f'{t:.4f}' for t in tests)}: "
+                  f"{mean:.4f} ± {sd:.4f} (mean ± standard deviation of {len(tests)} seeds)")
+        saving.write_json(out_dir / "beyond_seeds.json", {
+            str(seed): {**saving.history(o["run"]), "test_accuracy": o["test_accuracy"]}
+            for seed, o in outcomes.items()})
+        print(f"Wrote {out_dir / 'beyond_seeds.json'}")
+    return next((o["status"] for o in outcomes.values() if o["status"]), 0)
 
+
+def one_run(args, seed, trainloader, testloader, device, out_dir):
+    """One seed's run of the settings, as a single run (--seeds 1) makes it; its files written to
+    out_dir unless None. Returns its Run, its test accuracy (None if not tested) and its status."""
     fitloader, valloader, validated_on = trainloader, testloader, "test"    # as in the tutorial
     if args.val_split:
-        fitloader, valloader = hold_out(trainloader, args)
+        fitloader, valloader = hold_out(trainloader, args, seed)
         validated_on = "validation"
     model, run = fit(args, args.dropout, fitloader, valloader, validated_on, device)
     if args.val_split and run.epochs and not run.stopped and not args.final_fit:
@@ -50,17 +77,21 @@ def main(argv=None):
         model.load_state_dict(run.weights[run.best_epoch])
         run.test_of_best = test_once(model, testloader, device,
                                      f"with the weights of epoch {run.best_epoch}")
-    saving.save_run("beyond", run, args.dropout, out_dir)
-    if run.epochs:
-        mixed = " (on mixed images)" * bool(args.mixup)
-        fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
-                                 f"training{mixed} and validation loss")
-        saving.save_figure(fig, out_dir / "beyond_loss.png")
+    if out_dir:
+        saving.save_run("beyond", run, args.dropout, out_dir)
+        if run.epochs:
+            mixed = " (on mixed images)" * bool(args.mixup)
+            fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
+                                     f"training{mixed} and validation loss")
+            saving.save_figure(fig, out_dir / "beyond_loss.png")
     common.print_summary(run)
+    outcome = {"run": run, "status": cli.exit_status(run),
+               "test_accuracy": (run.test_of_best or {}).get("test_accuracy")}
     if args.final_fit and run.epochs and not run.stopped:
-        return final_fit(args, args.dropout, run.best_epoch, trainloader, testloader, device,
-                         out_dir)
-    return cli.exit_status(run)
+        outcome["status"], final = final_fit(args, seed, args.dropout, run.best_epoch,
+                                             trainloader, testloader, device, out_dir)
+        outcome["test_accuracy"] = final and final["test_accuracy"]
+    return outcome
 
 
 def parse_args(argv):
@@ -84,6 +115,10 @@ def parse_args(argv):
     parser.add_argument("--mixup", type=cli.non_negative_float, default=0.0, metavar="ALPHA",
                         help="train on pairs of images mixed in a proportion drawn from "
                              "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off")
+    parser.add_argument("--seeds", type=cli.positive_int, default=1, metavar="N",
+                        help="train every setting (one run, or each value of a sweep) on N seeds, "
+                             "--seed and the ones after it, and give each figure's mean and "
+                             "standard deviation")
     parser.add_argument("--sweep-dropout", type=cli.probability, nargs="+", metavar="P",
                         help="with --val-split: one run per dropout value, the other settings as "
                              "given; choose p and epoch by the lowest validation loss")
@@ -126,24 +161,26 @@ def fit(args, dropout, trainloader, valloader, validated_on, device, epochs=None
     return model, run
 
 
-def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
+def final_fit(args, seed, dropout, epochs, trainloader, testloader, device, out_dir):
     """A new network trained from scratch on all the training images for the chosen number of
-    epochs, tested once and saved as beyond_final.pt. Returns the exit status."""
+    epochs, tested once and saved as beyond_final.pt (unless out_dir is None). Returns the exit
+    status and the test set's verdict (None when stopped)."""
     print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the "
           f"{epochs} epochs chosen (its validation images are now training images too, so their "
           "numbers judge nothing).")
-    _, valloader = hold_out(trainloader, args)                        # the same images as before
+    _, valloader = hold_out(trainloader, args, seed)                  # the same images as before
     model, final = fit(args, dropout, trainloader, valloader, "validation", device, epochs=epochs)
     if final.stopped:
         print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
               "final network to test (the first run is saved above).", file=sys.stderr)
-        return cli.exit_status(final)
+        return cli.exit_status(final), None
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
                                             f"with the final fit's {epochs} epochs")}
-    path = out_dir / "beyond_final.pt"
-    saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
-    print(f"Saved the final fit's network to {path}")
-    return 0
+    if out_dir:
+        path = out_dir / "beyond_final.pt"
+        saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
+        print(f"Saved the final fit's network to {path}")
+    return 0, metrics
 
 
 def test_once(model, testloader, device, which):
@@ -154,62 +191,181 @@ def test_once(model, testloader, device, which):
 
 
 def sweep(args, trainloader, testloader, device, out_dir):
-    """One run per dropout value on the validation split, each seeded alike; the table and
-    dropout_sweep.png; the choice (lowest validation loss); with --final-fit, the test set once."""
-    fitloader, valloader = hold_out(trainloader, args)
-    runs = {}
+    """One run per dropout value and seed on the validation split, each as if alone; the table of
+    their means and spreads, dropout_sweep.png; the choice (the lowest mean validation loss,
+    unless the noise cannot tell it from the next); with --final-fit, the test set once a seed."""
+    progress = Progress(args, runs=len(args.sweep_dropout) * args.seeds)
+    runs, run = {p: {} for p in args.sweep_dropout}, None
     for p in args.sweep_dropout:
-        print(f"Dropout {p}:")
-        torch.manual_seed(args.seed)       # each run as if alone: the same command, the same table
-        _, run = fit(args, p, fitloader, valloader, "validation", device)
-        if run.epochs:
-            runs[p] = run
+        for seed in seeds(args):
+            progress.start(f"dropout {p}, seed {seed}")
+            torch.manual_seed(seed)     # each run as if alone: `--seed SEED` gives the same run
+            fitloader, valloader = hold_out(trainloader, args, seed)
+            _, run = fit(args, p, fitloader, valloader, "validation", device)
+            progress.done(run)
+            if run.epochs:
+                runs[p][seed] = run
+            if run.stopped:
+                break
         if run.stopped:
             break
+    runs = {p: r for p, r in runs.items() if r}
     if not runs:
         print("No epoch was completed: nothing to draw.")
         return cli.exit_status(run)
-    # The final gap: the final validation loss above the final training loss, how much of what
-    # the network learnt holds only for its training images. Overfitting: common.overfitting's
-    # rule, the validation loss's climb over the last half of the epochs against its noise.
-    print(f"\n{'dropout':>7} {'lowest val loss':>15} {'at epoch':>8} {'final val loss':>14} "
-          f"{'final gap':>9} {'overfitting':>11} {'val accuracy at lowest':>22}")
-    for p, r in runs.items():
-        best = r.best_epoch
-        verdict = {True: "yes", False: "no", None: "too early"}[common.overfitting(r)[0]]
-        print(f"{p:>7} {r.test_losses[best - 1]:>15.4f} {best:>8} {r.test_losses[-1]:>14.4f} "
-              f"{r.test_losses[-1] - r.train_losses[-1]:>+9.3f} {verdict:>11} "
-              f"{r.accuracies[best - 1]:>22.3f}")
-    chosen = None      # the lowest validation loss of all, from a sweep that ran to its end
-    if not run.stopped:
-        chosen = min(runs, key=lambda p: runs[p].test_losses[runs[p].best_epoch - 1])
+    print_spread(runs, "dropout")
+    chosen, why = (None, None) if run.stopped else choose(runs)
+    epochs = chosen is not None and {seed: r.best_epoch for seed, r in runs[chosen].items()}
     saving.write_json(out_dir / "dropout_sweep.json", {
-        "runs": {str(p): saving.history(r) for p, r in runs.items()},
-        "chosen": None if chosen is None else {"dropout": chosen,
-                                               "epochs": runs[chosen].best_epoch}})
+        "seeds": list(seeds(args)),
+        "runs": {str(p): {str(seed): saving.history(r) for seed, r in rs.items()}
+                 for p, rs in runs.items()},
+        "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs, "why": why}})
     saving.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
-        print(f"The sweep stopped during its run {len(runs)} of {len(args.sweep_dropout)}: its "
-              "finished runs are drawn, and no choice made.", file=sys.stderr)
+        partial = run.epochs and run is runs[p].get(seed)
+        finished = progress.started - 1
+        print(f"The sweep stopped during its run {progress.started} of {progress.runs} (dropout "
+              f"{p}, seed {seed})" + f", after {run.epochs} of its {args.epochs} epochs" * partial
+              + f": its {finished} finished run{'s' * (finished != 1)}"
+              + " and that partial one" * partial + " are drawn, and no choice is made.",
+              file=sys.stderr)
         return cli.exit_status(run)
-    epochs = runs[chosen].best_epoch
-    print(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.")
+    print(f"Chosen: dropout {chosen}. {why}")
     if args.final_fit:
-        return final_fit(args, chosen, epochs, trainloader, testloader, device, out_dir)
+        status, tests = 0, []
+        for seed in seeds(args):
+            torch.manual_seed(seed)
+            status, test = final_fit(args, seed, chosen, epochs[seed], trainloader, testloader,
+                                     device, out_dir if seed == args.seed else None)
+            if status:
+                return status
+            tests.append(test["test_accuracy"])
+        if args.seeds > 1:
+            mean, sd = mean_sd(tests)
+            print(f"Test accuracy of dropout {chosen}, once per seed: "
+                  f"{', '.join(f'{t:.4f}' for t in tests)}: {mean:.4f} ± {sd:.4f}")
     return 0
+
+
+# ------------------------------------------------------------------ seeds, means and their spread
+
+def seeds(args):
+    """The seeds each setting is trained on: --seed and the --seeds - 1 after it."""
+    return range(args.seed, args.seed + args.seeds)
+
+
+def seeds_note(args):
+    return f" to {args.seed + args.seeds - 1} ({args.seeds} seeds)" if args.seeds > 1 else ""
+
+
+def mean_sd(values):
+    """The mean and the standard deviation over seeds (n - 1 in the denominator; 0 for one)."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def lowest(run):
+    return run.test_losses[run.best_epoch - 1]
+
+
+def print_spread(runs, name):
+    """The table of a sweep or of one setting (runs: value -> {seed: Run}): each figure as the
+    mean ± the standard deviation over the seeds, and how many of them overfit (the rule of
+    common.overfitting)."""
+    # The final gap: the final validation loss above the final training loss, how much of what
+    # the network learnt holds only for its training images. Overfitting: common.overfitting's
+    # rule, the validation loss's climb over the last half of the epochs against its noise.
+    n = max(map(len, runs.values()))
+    figures = {"lowest val loss": (lowest, ".4f"),
+               "at epoch": (lambda r: r.best_epoch, ".1f" if n > 1 else ".0f"),
+               "final val loss": (lambda r: r.test_losses[-1], ".4f"),
+               "final gap": (lambda r: r.test_losses[-1] - r.train_losses[-1], "+.3f"),
+               "val accuracy at lowest": (lambda r: r.accuracies[r.best_epoch - 1], ".3f")}
+    width = 22 if n > 1 else 15
+    print(f"\n{name:>7} {'seeds':>5} " + " ".join(f"{f:>{width}}" for f in figures)
+          + f" {'overfitting':>11}")
+    for value, rs in runs.items():
+        cells = []
+        for figure, form in figures.values():
+            mean, sd = mean_sd(figure(r) for r in rs.values())
+            cells.append(f"{mean:{form}} ± {sd:{form.strip('+')}}" if n > 1 else f"{mean:{form}}")
+        verdicts = [common.overfitting(r)[0] for r in rs.values()]
+        verdict = ("too early" if None in verdicts else f"{sum(verdicts)} of {len(verdicts)}"
+                   if n > 1 else "yes" if verdicts[0] else "no")
+        print(f"{value:>7} {len(rs):>5} " + " ".join(f"{c:>{width}}" for c in cells)
+              + f" {verdict:>11}")
+    if n > 1:
+        print("(mean ± standard deviation over the seeds; overfitting: on how many seeds)")
+
+
+def choose(runs):
+    """The dropout value of the lowest mean validation loss, unless the next is closer to it than
+    the noise can tell (twice the standard error of their difference): then the smallest of the
+    values so close, the simplest network. Returns the value and why, in words."""
+    stats = {p: mean_sd(map(lowest, rs.values())) for p, rs in runs.items()}
+    n = min(map(len, runs.values()))
+    ranked = sorted(stats, key=lambda p: stats[p][0])
+    best = ranked[0]
+    if n < 2 or len(ranked) < 2:
+        return best, ("It has the lowest validation loss, on one seed: with no spread to compare "
+                      "with, a small difference may be noise (--seeds 3 tells).")
+
+    def noise(p):                        # the standard error of the difference of the two means
+        return 2 * ((stats[p][1] ** 2 + stats[best][1] ** 2) / n) ** 0.5
+    close = [p for p in ranked[1:] if stats[p][0] - stats[best][0] < noise(p)]
+    nxt = ranked[1]
+    gap = f"{stats[nxt][0] - stats[best][0]:.4f}"
+    if not close:
+        return best, (f"Its mean lowest validation loss is the lowest, {gap} below the next "
+                      f"(dropout {nxt}), more than twice the standard error of that difference "
+                      f"({noise(nxt) / 2:.4f}): a difference the seeds agree on.")
+    chosen = min([best] + close)
+    return chosen, (f"Dropout {best} has the lowest mean validation loss, but "
+                    f"{', '.join(f'dropout {p}' for p in close)} "
+                    f"{'is' if len(close) == 1 else 'are'} closer to it than twice the standard "
+                    "error of the difference: the seeds cannot tell them apart. So the smallest "
+                    f"of them, the simplest network, is taken: dropout {chosen}.")
+
+
+class Progress:
+    """Where a long run of runs is, printed before each: which run, and the time left, estimated
+    from the seconds per epoch so far."""
+
+    def __init__(self, args, runs):
+        self.args, self.runs, self.started, self.seconds, self.epochs = args, runs, 0, 0.0, 0
+
+    def start(self, what):
+        self.started += 1
+        if self.runs < 2:
+            return
+        left = ""
+        if self.epochs:
+            per_epoch = self.seconds / self.epochs
+            remaining = (self.runs - self.started + 1) * self.args.epochs
+            final = " (and the final fit's)" * self.args.final_fit
+            left = f": about {per_epoch * remaining / 60:.0f} min left{final}"
+        print(f"Run {self.started} of {self.runs}, {what}{left}", flush=True)
+
+    def done(self, run):
+        self.seconds += sum(run.seconds)
+        self.epochs += run.epochs
 
 
 # ----------------------------------------------------------------------------- the validation split
 
-def hold_out(trainloader, args):
+def hold_out(trainloader, args, seed):
     """--val-split N training images split off to validate on, the same ones for the same seed:
     a trainloader over the rest (shuffled) and a loader over them (in order)."""
     images, labels = trainloader.dataset.tensors
     if not 0 < args.val_split < len(images):
         errors.fail(f"--val-split {args.val_split} must leave training images: use a number from "
                     f"1 to {len(images) - 1}.")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     val, train = order[:args.val_split], order[args.val_split:]
     return (common.make_loader(images[train], labels[train], args.batch_size, shuffle=True),
             common.make_loader(images[val], labels[val], args.batch_size, shuffle=False))
@@ -277,31 +433,47 @@ def describe(args, dropout):
 
 
 def plot_sweep(runs, chosen):
-    """Left: each p's validation loss per epoch (dashed: its training loss), its lowest marked.
-    Right: the lowest and the final validation loss, and the accuracy at the lowest, against p."""
+    """Left: each p's validation loss per epoch, the mean over the seeds with a band of one
+    standard deviation (dashed: its training loss); its lowest marked. Right: the lowest and the
+    final validation loss, and the accuracy at the lowest, against p, with their spread."""
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     curves, summary = fig.subplots(ncols=2)
-    colors = [f"C{i}" for i in range(len(runs))]
-    for (p, r), color in zip(runs.items(), colors):
-        epochs = range(1, r.epochs + 1)
-        best = r.best_epoch
+    for i, (p, rs) in enumerate(runs.items()):
+        color = f"C{i}"
+        n = min(r.epochs for r in rs.values())             # the epochs every seed finished
+        val = [mean_sd(r.test_losses[e] for r in rs.values()) for e in range(n)]
+        train = [mean_sd(r.train_losses[e] for r in rs.values())[0] for e in range(n)]
+        epochs = range(1, n + 1)
+        mean = [m for m, _ in val]
+        best = 1 + mean.index(min(mean))
         name = f"p={p}" + " (chosen)" * (p == chosen)
-        curves.plot(epochs, r.test_losses, "-", color=color,
-                    label=f"{name}: lowest {r.test_losses[best - 1]:.3f} at epoch {best}")
-        curves.plot(epochs, r.train_losses, "--", color=color, alpha=0.6, linewidth=1)
-        curves.plot(best, r.test_losses[best - 1], "o", color=color, markersize=7)
+        curves.plot(epochs, mean, "-", color=color,
+                    label=f"{name}: lowest {min(mean):.3f} at epoch {best}")
+        curves.fill_between(epochs, [m - sd for m, sd in val], [m + sd for m, sd in val],
+                            color=color, alpha=0.2, linewidth=0)
+        curves.plot(epochs, train, "--", color=color, alpha=0.6, linewidth=1)
+        curves.plot(best, min(mean), "o", color=color, markersize=7)
+    seeds = max(map(len, runs.values()))
+    band = f", band: ± one standard deviation over {seeds} seeds" if seeds > 1 else ""
     curves.set(xlabel="epoch", ylabel="loss per image (NLL)",
-               title="Validation loss per epoch (dashed: training loss); dots: the lowest")
+               title=f"Validation loss per epoch (dashed: training loss){band}")
+    curves.title.set_fontsize(9)
     ps = list(runs)
-    lowest = [r.test_losses[r.best_epoch - 1] for r in runs.values()]
-    final = [r.test_losses[-1] for r in runs.values()]
-    summary.plot(ps, lowest, "o-", color="tab:blue", label="lowest validation loss")
-    summary.plot(ps, final, "s--", color="tab:red", label="final validation loss")
+    for figure, style, color, label in (
+            (lowest, "o-", "tab:blue", "lowest validation loss"),
+            (lambda r: r.test_losses[-1], "s--", "tab:red", "final validation loss")):
+        stats = [mean_sd(map(figure, rs.values())) for rs in runs.values()]
+        summary.errorbar(ps, [m for m, _ in stats], yerr=[sd for _, sd in stats], fmt=style,
+                         color=color, capsize=4, label=label)
     summary.set(xlabel="dropout p", ylabel="validation loss per image",
-                title="Each p: its lowest and its final validation loss, and the accuracy")
+                title="Each p: its lowest and its final validation loss, and the accuracy"
+                      + (" (mean ± one standard deviation)" if seeds > 1 else ""))
+    summary.title.set_fontsize(9)
     accuracy = summary.twinx()
-    accuracy.plot(ps, [r.accuracies[r.best_epoch - 1] for r in runs.values()], "^:",
-                  color="tab:green", label="validation accuracy at the lowest loss")
+    stats = [mean_sd(r.accuracies[r.best_epoch - 1] for r in rs.values()) for rs in runs.values()]
+    accuracy.errorbar(ps, [m for m, _ in stats], yerr=[sd for _, sd in stats], fmt="^:",
+                      color="tab:green", capsize=4,
+                      label="validation accuracy at the lowest loss")
     accuracy.set_ylabel("validation accuracy", color="tab:green")
     lines = summary.get_legend_handles_labels()[0] + accuracy.get_legend_handles_labels()[0]
     summary.legend(lines, [line.get_label() for line in lines], fontsize=8, ncol=3,

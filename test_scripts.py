@@ -474,6 +474,24 @@ class ThreadRuleTests(unittest.TestCase):
         steps(3 * threads_module.WINDOW)
         self.assertEqual(chooser.choice, 2)
 
+    def test_strict_sums_make_the_numbers_the_same_for_any_thread_count(self):
+        # In a new interpreter: MKL reads MKL_CBWR at its first product, long past in this one.
+        code = ("import torch; from plumbing import threads; threads.strict_sums(); "
+                "print(threads.same_numbers(2))")
+        result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True,
+                                env={k: v for k, v in os.environ.items() if k != "MKL_CBWR"}, timeout=120)
+        self.assertEqual(result.stdout.strip(), "True", result.stderr)
+        # Where the numbers would depend on the count, the count is left alone.
+        with mock.patch.object(threads_module, "same_numbers", return_value=False), \
+                mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}):
+            before = torch.get_num_threads()
+            torch.set_num_threads(2)
+            try:
+                with threads_module.chosen_by_measuring() as chooser:
+                    self.assertIsNone(chooser)
+            finally:
+                torch.set_num_threads(before)
+
     def test_a_thread_count_the_user_set_is_obeyed_and_torchs_is_restored(self):
         before = torch.get_num_threads()
         try:
@@ -481,7 +499,8 @@ class ThreadRuleTests(unittest.TestCase):
             with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
                 with threads_module.chosen_by_measuring() as chooser:
                     self.assertIsNone(chooser)
-            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}):
+            with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}), \
+                    mock.patch.object(threads_module, "same_numbers", return_value=True):
                 with threads_module.chosen_by_measuring() as chooser:
                     self.assertIsInstance(chooser, threads_module.ThreadChooser)
                     model = nn.Linear(4, 2)
@@ -639,13 +658,14 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertEqual(flags(baseline), knobs)
         self.assertEqual(flags(dropout), knobs | {"--dropout"})
         self.assertEqual(flags(beyond), knobs | {"--dropout", "--val-split", "--final-fit", "--schedule",
-                                                 "--augment", "--mixup", "--weight-decay", "--sweep-dropout"})
+                                                 "--augment", "--mixup", "--weight-decay", "--sweep-dropout",
+                                                 "--seeds"})
 
     def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
         trainloader, _ = self.load()
         images = trainloader.dataset.tensors[0]
         key = lambda t: {tuple(x.flatten().tolist()[:200]) for x in t}
-        splits = [beyond.hold_out(trainloader, argparse.Namespace(val_split=50, seed=seed, batch_size=64))
+        splits = [beyond.hold_out(trainloader, argparse.Namespace(val_split=50, batch_size=64), seed)
                   for seed in (3, 3, 4)]
         (train_a, val_a), (train_b, val_b), (_, val_c) = splits
         self.assertEqual((len(train_a.dataset), len(val_a.dataset)), (N_TRAIN - 50, 50))
@@ -760,18 +780,19 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         trainings = [c for c in calls if c[0] == "train"]
         self.assertEqual([len(c[1].dataset) for c in trainings], [N_TRAIN - 60] * 2 + [N_TRAIN])
         # The table's rows are the runs' histories, each as train() returned it.
-        for (p, history), (*_, run) in zip(sweep["runs"].items(), trainings):
-            self.assertEqual(history["test_losses"], run.test_losses)
+        for (p, histories), (*_, run) in zip(sweep["runs"].items(), trainings):
+            self.assertEqual(list(histories), ["0"])                        # one seed: --seed 0
+            self.assertEqual(histories["0"]["test_losses"], run.test_losses)
             best = run.best_epoch
-            row = (f"{float(p):>7} {run.test_losses[best - 1]:>15.4f} {best:>8} {run.test_losses[-1]:>14.4f} "
-                   f"{run.test_losses[-1] - run.train_losses[-1]:>+9.3f} {'too early':>11} "
-                   f"{run.accuracies[best - 1]:>22.3f}")              # 3 epochs: too few to judge
+            row = (f"{float(p):>7} {1:>5} {run.test_losses[best - 1]:>15.4f} {best:>15} "
+                   f"{run.test_losses[-1]:>15.4f} {run.test_losses[-1] - run.train_losses[-1]:>+15.3f} "
+                   f"{run.accuracies[best - 1]:>15.3f} {'too early':>11}")    # 3 epochs: too few to judge
             self.assertIn(row, out)
-        lowest = {float(p): min(h["test_losses"]) for p, h in sweep["runs"].items()}
+        lowest = {float(p): min(h["0"]["test_losses"]) for p, h in sweep["runs"].items()}
         chosen = min(lowest, key=lowest.get)
-        epochs = 1 + sweep["runs"][str(chosen)]["test_losses"].index(lowest[chosen])
-        self.assertEqual(sweep["chosen"], {"dropout": chosen, "epochs": epochs})
-        self.assertIn(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.", out)
+        epochs = 1 + sweep["runs"][str(chosen)]["0"]["test_losses"].index(lowest[chosen])
+        self.assertEqual((sweep["chosen"]["dropout"], sweep["chosen"]["epochs"]), (chosen, {"0": epochs}))
+        self.assertIn(f"Chosen: dropout {chosen}. It has the lowest validation loss, on one seed", out)
         # The test set only once, after the choice, on the final fit of that choice.
         self.assertEqual([c[0] for c in calls], ["train", "train", "train", "evaluate"])
         self.assertEqual(trainings[-1][5], epochs)
@@ -797,9 +818,90 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertEqual(status, 130, err)
         sweep = json.loads((self.out_dir / "dropout_sweep.json").read_text())
         self.assertEqual(list(sweep["runs"]), ["0.1", "0.3"])
+        self.assertEqual(len(sweep["runs"]["0.3"]["0"]["test_losses"]), 1)      # the partial run: 1 epoch
         self.assertIsNone(sweep["chosen"])
         self.assertTrue(is_png(self.out_dir / "dropout_sweep.png"))
-        self.assertIn("no choice made", err)
+        self.assertIn("The sweep stopped during its run 2 of 2 (dropout 0.3, seed 0), after 1 of its 2 "
+                      "epochs: its 1 finished run and that partial one are drawn, and no choice is made.", err)
+
+
+class SeedsTests(TinyDataTestCase):
+    """05_beyond.py --seeds N: every setting on N seeds, each figure as mean ± standard deviation."""
+
+    def runs_with(self, lowest_losses, epochs=12):
+        """Constructed runs, one per seed, whose validation loss bottoms out at the given values."""
+        runs = {}
+        for seed, low in enumerate(lowest_losses):
+            losses = [low + 0.1] * epochs
+            losses[seed + 2] = low                                   # lowest at epoch seed + 3
+            runs[seed] = common.Run("validation", [0.2] * epochs, losses, [0.8] * epochs, [1.0] * epochs)
+        return runs
+
+    def test_mean_and_standard_deviation_and_the_printed_table(self):
+        self.assertEqual(beyond.mean_sd([1.0, 2.0, 3.0]), (2.0, 1.0))
+        self.assertEqual(beyond.mean_sd([0.5]), (0.5, 0.0))
+        mean, sd = beyond.mean_sd([0.30, 0.32, 0.34, 0.36])
+        self.assertAlmostEqual(mean, 0.33)
+        self.assertAlmostEqual(sd, math.sqrt(sum((x - 0.33) ** 2 for x in (0.30, 0.32, 0.34, 0.36)) / 3))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            beyond.print_spread({0.2: self.runs_with([0.30, 0.32, 0.34])}, "dropout")
+        row = out.getvalue().splitlines()[2]
+        self.assertIn("0.3200 ± 0.0200", row)                           # lowest validation loss
+        self.assertIn("4.0 ± 1.0", row)                                 # its epoch: 3, 4 and 5
+        self.assertIn("0 of 3", row)                                    # flat after: no overfitting
+
+    def test_a_near_tie_is_said_and_settled_for_the_simplest_and_a_clear_winner_is_taken(self):
+        near = {0.0: self.runs_with([0.350, 0.360, 0.340]), 0.1: self.runs_with([0.349, 0.357, 0.341]),
+                0.5: self.runs_with([0.45, 0.46, 0.44])}
+        chosen, why = beyond.choose(near)
+        self.assertEqual(chosen, 0.0)                                   # 0.1's lower mean is noise
+        self.assertIn("Dropout 0.1 has the lowest mean validation loss, but dropout 0.0 is closer", why)
+        self.assertIn("cannot tell them apart", why)
+        clear = {0.0: self.runs_with([0.400, 0.405, 0.395]), 0.2: self.runs_with([0.350, 0.352, 0.348])}
+        chosen, why = beyond.choose(clear)
+        self.assertEqual(chosen, 0.2)
+        self.assertIn("a difference the seeds agree on", why)
+        chosen, why = beyond.choose({p: {0: rs[0]} for p, rs in near.items()})      # one seed
+        self.assertEqual(chosen, 0.1)
+        self.assertIn("on one seed", why)
+
+    def history(self, path, seed=None):
+        data = json.loads(Path(path).read_text())
+        history = data[str(seed)] if seed is not None else data
+        return {k: v for k, v in history.items() if k not in ("seconds", "test_accuracy")}
+
+    def test_each_seed_of_a_repeat_is_that_seed_run_alone(self):
+        common_args = ["--val-split", 60, "--epochs", 2, "--dropout", 0.2, "--mixup", 0.2]
+        out = self.train_script(beyond, *common_args, "--seed", 3, "--seeds", 2,
+                                "--out-dir", self.out_dir / "repeat")
+        self.assertIn("Run 2 of 2, seed 4: about", out)                  # where it is, and the time left
+        self.assertIn("(mean ± standard deviation over the seeds", out)
+        self.assertRegex(out, r"Test accuracy, once per seed: \d\.\d{4}, \d\.\d{4}: \d\.\d{4} ± \d\.\d{4}")
+        for seed in (3, 4):
+            self.train_script(beyond, *common_args, "--seed", seed, "--out-dir", self.out_dir / str(seed))
+            self.assertEqual(self.history(self.out_dir / "repeat" / "beyond_seeds.json", seed),
+                             self.history(self.out_dir / str(seed) / "beyond_history.json"))
+        # The repeat's own files are its first seed's, as that seed alone writes them.
+        self.assertEqual(self.history(self.out_dir / "repeat" / "beyond_history.json"),
+                         self.history(self.out_dir / "3" / "beyond_history.json"))
+        # In a sweep too: each value's run of each seed is the sweep of that value and seed alone.
+        sweep_args = ["--val-split", 60, "--epochs", 2, "--sweep-dropout"]
+        self.train_script(beyond, *sweep_args, 0, 0.5, "--seeds", 2, "--out-dir", self.out_dir / "sweep")
+        self.assertTrue(is_png(self.out_dir / "sweep" / "dropout_sweep.png"))
+        both = json.loads((self.out_dir / "sweep" / "dropout_sweep.json").read_text())
+        self.train_script(beyond, *sweep_args, 0.5, "--seed", 1, "--out-dir", self.out_dir / "alone")
+        alone = json.loads((self.out_dir / "alone" / "dropout_sweep.json").read_text())
+        for run in (both["runs"]["0.5"]["1"], alone["runs"]["0.5"]["1"]):
+            del run["seconds"]
+        self.assertEqual(both["runs"]["0.5"]["1"], alone["runs"]["0.5"]["1"])
+
+    def test_the_sweep_picture_shows_the_spread(self):
+        runs = {0.0: self.runs_with([0.35, 0.36, 0.34]), 0.2: self.runs_with([0.36, 0.37, 0.35])}
+        fig = beyond.plot_sweep(runs, 0.0)
+        curves, summary = fig.axes[:2]
+        self.assertEqual(len(curves.collections), 2)                    # a band around each curve
+        self.assertTrue(any(type(c).__name__ == "ErrorbarContainer" for c in summary.containers))
 
 
 class ConfidenceTests(TinyDataTestCase):

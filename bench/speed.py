@@ -23,6 +23,7 @@ import contextlib
 import io
 import os
 import platform
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -85,27 +86,63 @@ def scripts_setup(data_dir):
     return model, nn.NLLLoss(), optimizer, trainloader, testloader
 
 
-def scripts_epoch(model, loss_function, optimizer, trainloader, testloader, fixed_threads=None):
-    """One epoch of common.train(), the loop 02_baseline.py runs, with its thread choice as the
-    scripts make it (plumbing.threads, started afresh), or with a fixed thread count."""
-    before = torch.get_num_threads()
+def scripts_epoch(model, loss_function, optimizer, trainloader, testloader):
+    """One epoch of common.train(), the loop 02_baseline.py runs, with the thread choice the
+    scripts make (plumbing.threads, started afresh each epoch)."""
+    with contextlib.redirect_stdout(io.StringIO()), threads.chosen_by_measuring():
+        run = common.train(model, trainloader, testloader, loss_function, optimizer, 1,
+                           torch.device("cpu"))
+    return run.accuracies[-1]
+
+
+def epoch_server(connection, data_dir, fixed_threads):
+    """In a process of its own: an epoch of the scripts each time it is asked, as the scripts run
+    it (fixed_threads None) or as before the thread choice: a fixed count, MKL's default sums."""
     if fixed_threads:
         torch.set_num_threads(fixed_threads)
-    choice = contextlib.nullcontext() if fixed_threads else threads.chosen_by_measuring()
+    else:
+        threads.strict_sums()                      # as cli.run_script does, before any product
+    state = scripts_setup(data_dir)
+    while connection.recv():
+        start = time.perf_counter()
+        if fixed_threads:
+            model, loss_function, optimizer, trainloader, testloader = state
+            with contextlib.redirect_stdout(io.StringIO()):
+                common.train(model, trainloader, testloader, loss_function, optimizer, 1,
+                             torch.device("cpu"))
+        else:
+            scripts_epoch(*state)
+        connection.send(time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def epoch_servers(data_dir, sides):
+    """One epoch_server process per side (name -> fixed thread count or None), ready to time."""
+    context = multiprocessing.get_context("spawn")
+    servers = {}
     try:
-        with contextlib.redirect_stdout(io.StringIO()), choice:
-            run = common.train(model, trainloader, testloader, loss_function, optimizer, 1,
-                               torch.device("cpu"))
+        for name, fixed in sides.items():
+            ours, theirs = context.Pipe()
+            process = context.Process(target=epoch_server, args=(theirs, data_dir, fixed))
+            process.start()
+            servers[name] = (ours, process)
+        yield {name: ours for name, (ours, _) in servers.items()}
     finally:
-        torch.set_num_threads(before)
-    return run.accuracies[-1]
+        for ours, process in servers.values():
+            with contextlib.suppress(OSError):
+                ours.send(False)
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
 
 
 @contextlib.contextmanager
 def busy_programs(n):
     """n programs that keep a core busy each, stopped whatever happens (Ctrl-C too)."""
-    programs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    programs = []
     try:
+        for _ in range(n):
+            programs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         yield
     finally:
         for program in programs:
@@ -114,30 +151,34 @@ def busy_programs(n):
 
 
 def busy_mode(args, data_dir):
-    """The scripts' epoch beside 0 to --busy busy programs: their thread choice against a fixed
-    count, alternating, --rounds rounds; the medians and each one's ratio to the same side alone."""
-    state = scripts_setup(data_dir)
-    sides = {"scripts' choice": None, f"{args.fixed_threads} threads fixed": args.fixed_threads}
+    """The scripts' epoch beside 0 to --busy busy programs: as the scripts run it, and with a fixed
+    thread count and MKL's default sums (as before the thread choice), alternating, --rounds
+    rounds; the medians and each one's ratio to the same side alone."""
+    sides = {"scripts (threads chosen)": None,
+             f"{args.fixed_threads} threads fixed": args.fixed_threads}
     times = {(busy, side): [] for busy in range(args.busy + 1) for side in sides}
-    for r in range(1, args.rounds + 1):
-        for busy in range(args.busy + 1):
-            with busy_programs(busy):
-                order = list(sides) if (r + busy) % 2 else list(sides)[::-1]
-                for side in order:
-                    start = time.perf_counter()
-                    scripts_epoch(*state, fixed_threads=sides[side])
-                    times[busy, side].append(time.perf_counter() - start)
-                    print(f"round {r}, {busy} busy, {side}: {times[busy, side][-1]:.2f} s",
-                          flush=True)
+    with epoch_servers(data_dir, sides) as servers:
+        for r in range(1, args.rounds + 1):
+            for busy in range(args.busy + 1):
+                with busy_programs(busy):
+                    order = list(sides) if (r + busy) % 2 else list(sides)[::-1]
+                    for side in order:
+                        servers[side].send(True)
+                        times[busy, side].append(servers[side].recv())
+                        print(f"round {r}, beside {busy} busy, {side}: "
+                              f"{times[busy, side][-1]:.2f} s", flush=True)
     print(f"\nMedian of {args.rounds} rounds, seconds an epoch (and against the same side alone):")
-    print(f"{'condition':<26}" + "".join(f"{side:>26}" for side in sides))
+    print(f"{'condition':<28}" + "".join(f"{side:>28}" for side in sides))
     for busy in range(args.busy + 1):
         name = "alone" if busy == 0 else f"beside {busy} busy program{'s' * (busy > 1)}"
         cells = []
         for side in sides:
             median = statistics.median(times[busy, side])
             cells.append(f"{median:.2f} ({median / statistics.median(times[0, side]):.2f}x)")
-        print(f"{name:<26}" + "".join(f"{cell:>26}" for cell in cells))
+        print(f"{name:<28}" + "".join(f"{cell:>28}" for cell in cells))
+    alone = [statistics.median(times[0, side]) for side in sides]
+    print(f"Alone, the scripts take {alone[0] / alone[1]:.2f}x the time of "
+          f"{args.fixed_threads} fixed threads.")
     return 0
 
 
@@ -187,6 +228,7 @@ def main(argv=None):
           f"threads; torch {torch.__version__}, Python {platform.python_version()}")
     if args.busy:
         return busy_mode(args, data_dir)
+    threads.strict_sums()                  # the scripts' sums (cli.run_script), before any product
     rate = matmul_rate()
     flops = epoch_flops()
     floor = flops / rate

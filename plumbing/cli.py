@@ -62,6 +62,7 @@ def run_script(main):
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
         signal.signal(hangup, _terminate)
+    threads.strict_sums()                          # the same run whatever the thread count
     try:
         with threads.chosen_by_measuring():      # fast also when another program wants a core
             status = main()

@@ -7,6 +7,11 @@ and on 2 cores an epoch takes 4 to 7 times longer (docs/speed.md). So, between o
 each candidate thread count is timed for a short window, the fastest is kept, and the choice is
 timed again now and then, or at once when the steps slow down. An OMP_NUM_THREADS set by the
 user is obeyed as given: then nothing here runs.
+
+Keeps safe too: the same seed gives the same run. A batch's matrix product sums in another order
+with another thread count, so the choice would change the numbers; MKL's strict reproducible
+mode (MKL_CBWR=AUTO,STRICT, set before the first product) makes them the same for any count, and
+where that cannot be checked to hold, the thread count is left alone.
 """
 import os
 import statistics
@@ -41,7 +46,7 @@ class ThreadChooser:
         self.threads, self.clock, self.set_threads = threads, clock, set_threads
         self.choice, self.timed, self.steps, self.last = threads, {}, [], None
         self.plan = candidates(threads)      # the counts still to time in this round
-        self.kept, self.keep_for = 0, KEEP
+        self.kept, self.keep_for, self.best_before = 0, KEEP, None
         self.set_threads(self.plan[0])
 
     def step(self):
@@ -50,7 +55,7 @@ class ThreadChooser:
         if self.last is not None:
             self.steps.append(now - self.last)
         self.last = now
-        if len(self.steps) < WINDOW:
+        if len(self.steps) < WINDOW and not self._hopeless():
             return
         median, self.steps = statistics.median(self.steps), []
         if self.plan:                                           # timing the candidates
@@ -63,12 +68,39 @@ class ThreadChooser:
             return self._use(self.choice)
         self.kept += 1                                          # running the choice
         if self.kept >= self.keep_for or median > SLOWER * self.timed[self.choice]:
+            self.best_before = min(median, self.timed[self.choice])
             self.timed, self.plan = {}, candidates(self.threads)
             self._use(self.plan[0])
+
+    def _hopeless(self):
+        """Whether the count being timed has already taken SLOWER times as long as a whole window
+        of the fastest so far: a busy core can make its window cost seconds, so it ends early."""
+        best = min(self.timed.values(), default=self.best_before)
+        return bool(self.plan) and best is not None and sum(self.steps) > SLOWER * WINDOW * best
 
     def _use(self, n):
         self.set_threads(n)
         self.last = None                  # the step after a change starts a new interval
+
+
+def strict_sums():
+    """Ask MKL, before its first matrix product, for sums that do not depend on the thread count;
+    an MKL_CBWR the user set is kept."""
+    if not os.environ.get("MKL_CBWR"):
+        os.environ["MKL_CBWR"] = "AUTO,STRICT"
+
+
+def same_numbers(threads):
+    """Whether a product of the network's shape gives the same floats on `threads` threads as on
+    one: only then may the count change during a run."""
+    g = torch.Generator().manual_seed(0)                 # not the global generator: the run's own
+    x, w = torch.randn(64, 784, generator=g), torch.randn(784, 256, generator=g)
+    results = []
+    for n in (threads, 1):
+        torch.set_num_threads(n)
+        results.append(x @ w)
+    torch.set_num_threads(threads)
+    return torch.equal(*results)
 
 
 def user_chose():
@@ -79,9 +111,10 @@ def user_chose():
 @contextmanager
 def chosen_by_measuring():
     """While training on the CPU, torch's thread count is the fastest measured (ThreadChooser),
-    unless the user set it or there is one core; restored afterwards."""
+    unless the user set it, there is one core, or the count would change the numbers; restored
+    afterwards."""
     threads = torch.get_num_threads()
-    if threads < 2 or user_chose():
+    if threads < 2 or user_chose() or not same_numbers(threads):
         yield
         return
     chooser = ThreadChooser(threads)
