@@ -279,7 +279,7 @@ def print_spread(runs, name):
     common.overfitting)."""
     # The final gap: the final validation loss above the final training loss, how much of what
     # the network learnt holds only for its training images. Overfitting: common.overfitting's
-    # rule, the validation loss's climb over the last half of the epochs against its noise.
+    # rule, the validation loss's climb over the last two thirds of the epochs against its noise.
     n = max(map(len, runs.values()))
     figures = {"lowest val loss": (lowest, ".4f"),
                "at epoch": (lambda r: r.best_epoch, ".1f" if n > 1 else ".0f"),

@@ -195,14 +195,14 @@ def plot_losses(runs, title):
 # -------------------------------------------------------------- "Overfitting" (steps 2, 3 and 05)
 
 def overfitting(run):
-    """The one rule behind every verdict on overfitting (02, 03, 05): over the last half of the
-    epochs, the validation loss climbs by more than twice its own noise. The climb is that of a
-    straight line fitted to those losses; the noise, its standard error, from how far the losses
+    """The one rule behind every verdict on overfitting (02, 03, 05): over the last two thirds of
+    the epochs, the validation loss climbs by more than twice its own noise. The climb is that of
+    a straight line fitted to those losses; the noise, its standard error, from how far the losses
     scatter around the line. Returns (verdict, climb, noise); the verdict is None under 10 epochs.
     """
     if run.epochs < 10:
         return None, None, None
-    losses = run.test_losses[run.epochs // 2:]                # the last half (the middle too)
+    losses = run.test_losses[run.epochs // 3:]                # the last two thirds
     k = len(losses)
     x = [i - (k - 1) / 2 for i in range(k)]                    # those epochs, centred on 0
     sxx = sum(a * a for a in x)
@@ -227,7 +227,7 @@ def print_summary(run):
               f"its lowest")
         verdict, climb, noise = overfitting(run)
         print("Overfitting: too few epochs to tell (it takes 10)" if verdict is None else
-              f"Overfitting: {'yes' if verdict else 'no'}: from epoch {last // 2 + 1} to {last} "
+              f"Overfitting: {'yes' if verdict else 'no'}: from epoch {last // 3 + 1} to {last} "
               f"the validation loss {'climbed' if climb > 0 else 'fell'} by {abs(climb):.3f}, "
               f"{'more' if verdict else 'less'} than twice its noise ({noise:.3f})")
         print(f"{f'Final {v} accuracy:':<23} {run.accuracies[-1]:.3f}")
