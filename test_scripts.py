@@ -1235,10 +1235,6 @@ class MistakeTests(TinyDataTestCase):
         self.assertEqual(leftovers(self.out_dir), [])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 # ----------------------------------------------------------------------------- damaged contents, not only damaged files
 
 class DamagedContentsTests(TinyDataTestCase):
@@ -1455,3 +1451,7 @@ class CudaTests(TinyDataTestCase):
                                 "--weight-decay", 0.01)
         self.assertIn("Test set, once, with the final fit's", out)
         saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))
+
+
+if __name__ == "__main__":
+    unittest.main()
