@@ -1474,6 +1474,17 @@ def watch_networks(test):
     return passes
 
 
+def keep_figures_unwritten(test):
+    """Until the test ends, the scripts' figures are drawn but not written as PNG files (other
+    tests check the files; writing them is most of a short run's time): returns them by name."""
+    figures = {}
+    patch = mock.patch.object(saving, "save_figure",
+                              lambda fig, path: figures.__setitem__(Path(path).name, fig))
+    patch.start()
+    test.addCleanup(patch.stop)
+    return figures
+
+
 def normalised_by_hand(images):
     """uint8 images (N, 28, 28) as the tutorial's ToTensor() and Normalize((0.5,), (0.5,)) make
     them: (N, 1, 28, 28) in [-1, 1]."""
@@ -1600,6 +1611,10 @@ class LessonScriptTests(TinyDataTestCase):
     """Steps 2 and 3 as the scripts run them: the batches, the knobs, the checkpoints, the
     printed accuracy."""
 
+    def setUp(self):
+        super().setUp()
+        keep_figures_unwritten(self)
+
     def test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss(self):
         # A tenth of the test labels one class off: the validation loss falls while the network
         # learns, then climbs as it grows sure of the answers those labels call wrong. So the
@@ -1689,15 +1704,9 @@ class LessonInferenceTests(TinyDataTestCase):
                                                CPU)
 
     def run_04(self, *args):
-        """04_inference.py's output and the figures it draws, by file name (not written here:
-        InferenceTests checks the files)."""
-        figures = {}
-
-        def keep(fig, path):
-            figures[Path(path).name] = fig
-
-        with mock.patch.object(saving, "save_figure", keep):
-            status, out, err = run_main(inference, *self.paths(), *args)
+        """04_inference.py's output and the figures it draws, by file name."""
+        figures = keep_figures_unwritten(self)
+        status, out, err = run_main(inference, *self.paths(), *args)
         self.assertEqual(status, 0, err)
         return out, figures
 
