@@ -7,6 +7,7 @@ dataset-fashion-mnist is installed (as in CI) and are skipped otherwise.
 """
 import argparse
 import contextlib
+import copy
 import errno
 import gzip
 import importlib
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn, optim
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import SequentialSampler
 from torchvision import datasets, transforms
 
@@ -1458,10 +1460,6 @@ class MistakeTests(TinyDataTestCase):
         self.assertEqual(leftovers(self.out_dir), [])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 # ----------------------------------------------------------------------------- damaged contents, not only damaged files
 
 class DamagedContentsTests(TinyDataTestCase):
@@ -1678,3 +1676,334 @@ class CudaTests(TinyDataTestCase):
                                 "--weight-decay", 0.01)
         self.assertIn("Test set, once, with the final fit's", out)
         saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))
+
+
+# -------------------------------------------------------- the lesson itself, behaviour by behaviour
+
+CPU = torch.device("cpu")
+
+
+def watch_networks(test):
+    """Record each forward pass of any FashionNeuralNetwork until the test ends, in order: the
+    network, whether it was in train mode, whether gradients were on, and its input batch."""
+    passes = []
+
+    def record(module, inputs):
+        if isinstance(module, FashionNeuralNetwork):
+            x = inputs[0].detach().clone()
+            passes.append((module, module.training, torch.is_grad_enabled(), x))
+
+    test.addCleanup(torch.nn.modules.module.register_module_forward_pre_hook(record).remove)
+    return passes
+
+
+def keep_figures_unwritten(test):
+    """Until the test ends, the scripts' figures are drawn but not written as PNG files (other
+    tests check the files; writing them is most of a short run's time): returns them by name."""
+    figures = {}
+    patch = mock.patch.object(saving, "save_figure",
+                              lambda fig, path: figures.__setitem__(Path(path).name, fig))
+    patch.start()
+    test.addCleanup(patch.stop)
+    return figures
+
+
+def normalised_by_hand(images):
+    """uint8 images (N, 28, 28) as the tutorial's ToTensor() and Normalize((0.5,), (0.5,)) make
+    them: (N, 1, 28, 28) in [-1, 1]."""
+    return ((images.float() / 255 - 0.5) / 0.5)[:, None]
+
+
+def write_mislabelled_copy(folder, n):
+    """A tiny local copy of Fashion-MNIST whose first n test labels are one class off; returns
+    the test labels."""
+    labels = write_fake_fashion_mnist(folder)["t10k"][1].clone()
+    labels[:n] = (labels[:n] + 1) % 10
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    return labels
+
+
+class LessonLoopTests(unittest.TestCase):
+    """The network and the loop of steps 2 and 3, each against a reference written out here."""
+
+    def test_the_network_is_784_256_128_64_10_with_relu_and_dropout_after_each_hidden_layer(self):
+        torch.manual_seed(0)
+        x = torch.rand(16, 1, 28, 28) * 2 - 1
+        for p in (0.0, 0.3):
+            model = FashionNeuralNetwork(dropout=p)
+            layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            self.assertEqual([tuple(layer.weight.shape) for layer in layers],
+                             [(256, 784), (128, 256), (64, 128), (10, 64)])
+
+            def reference(x, training):
+                h = x.view(len(x), 784)
+                for layer in layers[:-1]:
+                    h = F.dropout(F.relu(F.linear(h, layer.weight, layer.bias)), p, training)
+                return F.log_softmax(F.linear(h, layers[-1].weight, layers[-1].bias), dim=1)
+
+            for training in (True, False):       # the same seed draws the same dropout masks
+                with self.subTest(p=p, training=training):
+                    model.train(training)
+                    torch.manual_seed(1)
+                    output = model(x)
+                    torch.manual_seed(1)
+                    torch.testing.assert_close(output, reference(x, training), rtol=0, atol=1e-6)
+
+    def test_a_dropout_network_trains_in_train_mode_and_validates_in_eval_mode_every_epoch(self):
+        torch.manual_seed(0)
+        model = FashionNeuralNetwork(dropout=0.5)
+        trainloader = common.make_loader(torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,)),
+                                         8, shuffle=True)                  # 5 batches of 8
+        testloader = common.make_loader(torch.rand(15, 1, 28, 28), torch.randint(0, 10, (15,)),
+                                        5, shuffle=False)                  # 3 batches of 5
+        passes = []             # each: [step, train mode, gradients on, dropout zeroed something]
+
+        def before(module, inputs):
+            step = {8: "train", 5: "validate"}[len(inputs[0])]
+            passes.append([step, module.training, torch.is_grad_enabled(), False])
+
+        def after_dropout(module, inputs, output):
+            passes[-1][3] |= not torch.equal(output, inputs[0])
+
+        model.register_forward_pre_hook(before)
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.register_forward_hook(after_dropout)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run = common.train(model, trainloader, testloader, nn.NLLLoss(),
+                               optim.Adam(model.parameters(), lr=0.001), 3, CPU)
+        self.assertEqual(run.epochs, 3)
+        epoch = [["train", True, True, True]] * 5 + [["validate", False, False, False]] * 3
+        self.assertEqual(passes, epoch * 3)
+
+    def test_each_batch_is_one_step_down_its_own_gradient_then_the_epoch_is_validated(self):
+        torch.manual_seed(0)
+        images, labels = torch.rand(20, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (20,))
+        loader = common.make_loader(images, labels, 8, shuffle=False)     # batches of 8, 8 and 4
+        model, by_hand = FashionNeuralNetwork(), FashionNeuralNetwork()
+        by_hand.load_state_dict(model.state_dict())
+        with contextlib.redirect_stdout(io.StringIO()):
+            run = common.train(model, loader, loader, nn.NLLLoss(),
+                               optim.SGD(model.parameters(), lr=0.1), 2, CPU)
+        params = list(by_hand.parameters())
+        for epoch in range(2):          # plain gradient descent, written out batch by batch
+            total = 0.0
+            for start in (0, 8, 16):
+                x, y = images[start:start + 8], labels[start:start + 8]
+                loss = F.nll_loss(by_hand(x), y)
+                total += loss.item() * len(y)
+                with torch.no_grad():
+                    for p, gradient in zip(params, torch.autograd.grad(loss, params)):
+                        p -= 0.1 * gradient
+            self.assertAlmostEqual(run.train_losses[epoch], total / 20, places=5)
+            with torch.no_grad():
+                validation_loss = F.nll_loss(by_hand(images), labels).item()
+            self.assertAlmostEqual(run.test_losses[epoch], validation_loss, places=5)
+        for name, value in by_hand.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+
+    def test_evaluate_measures_the_whole_network_in_whatever_mode_it_was_left(self):
+        torch.manual_seed(0)
+        images, labels = torch.rand(50, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (50,))
+        model, whole = FashionNeuralNetwork(dropout=0.5), FashionNeuralNetwork()
+        whole.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            log_ps = whole(images)
+        model.train()                   # as train() leaves it, before 05's test_once()
+        loss, accuracy = common.evaluate(model, images, labels, CPU)
+        self.assertAlmostEqual(loss, F.nll_loss(log_ps, labels).item(), places=6)
+        right = (log_ps.argmax(dim=1) == labels).float().mean().item()
+        self.assertAlmostEqual(accuracy, right, places=6)
+
+    def test_the_loss_plot_draws_both_losses_per_epoch_and_marks_the_lowest_validation_loss(self):
+        runs = {"without dropout": common.Run("test", [1.0, 0.8, 0.7, 0.6], [0.9, 0.6, 0.65, 0.7],
+                                              [0.5] * 4, [1.0] * 4),
+                "dropout 0.2": common.Run("test", [1.1, 0.9, 0.8, 0.75], [0.8, 0.7, 0.66, 0.64],
+                                          [0.5] * 4, [1.0] * 4)}
+        for drawn in ({"without dropout": runs["without dropout"]}, runs):
+            lines = [(list(line.get_xdata()), list(line.get_ydata()))
+                     for line in common.plot_losses(drawn, "title").axes[0].get_lines()]
+            expected = []
+            for run, best in zip(drawn.values(), (2, 4)):
+                expected += [([1, 2, 3, 4], run.train_losses), ([1, 2, 3, 4], run.test_losses),
+                             ([best], [run.test_losses[best - 1]])]
+            self.assertEqual(sorted(lines), sorted(expected))
+
+
+class LessonScriptTests(TinyDataTestCase):
+    """Steps 2 and 3 as the scripts run them: the batches, the knobs, the checkpoints, the
+    printed accuracy."""
+
+    def setUp(self):
+        super().setUp()
+        keep_figures_unwritten(self)
+
+    def test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss(self):
+        # A tenth of the test labels one class off: the validation loss falls while the network
+        # learns, then climbs as it grows sure of the answers those labels call wrong. So the
+        # best epoch lies between the first and the last (measured: the 2nd of 5, its loss 0.27
+        # below the 1st's and 0.37 below the 3rd's).
+        write_mislabelled_copy(self.tmp / "copy", 10)
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp / "copy")}):
+            out = self.train_script(dropout, "--epochs", 5)    # dropout: validated in eval mode
+            test_set = self.load()[1].dataset.tensors
+        history = json.loads((self.out_dir / "dropout_history.json").read_text())
+        losses = history["test_losses"]
+        best = 1 + losses.index(min(losses))
+        self.assertTrue(1 < best < 5, f"this test needs a best epoch inside the run: {losses}")
+        # "Overfitting": the lowest and the final validation loss, printed with their epochs
+        self.assertRegex(out, rf"Lowest validation loss: +{losses[best - 1]:.3f} at epoch {best}\b")
+        self.assertRegex(out, rf"Final validation loss: +{losses[-1]:.3f} at epoch 5\b")
+        for name, epoch in (("dropout_best.pt", best), ("dropout.pt", 5)):
+            with self.subTest(name):
+                model, checkpoint = saving.load_checkpoint(self.out_dir / name,
+                                                           FashionNeuralNetwork, CPU)
+                self.assertEqual(checkpoint["epoch"], epoch)
+                loss, accuracy = common.evaluate(model, *test_set, CPU)   # its weights' numbers
+                self.assertAlmostEqual(loss, losses[epoch - 1], places=5)
+                self.assertAlmostEqual(accuracy, history["accuracies"][epoch - 1], places=6)
+
+    def test_the_training_batches_come_in_a_new_order_each_epoch(self):
+        passes = watch_networks(self)
+        self.train_script(baseline, "--epochs", 2)
+        images = self.load()[0].dataset.tensors[0]
+        index = {image.numpy().tobytes(): i for i, image in enumerate(images)}
+        batches = [x for _, training, grad, x in passes if training and grad]
+        self.assertEqual([len(x) for x in batches], ([64] * 5 + [10]) * 2)
+        orders = [[index[image.numpy().tobytes()] for image in torch.cat(batches[e:e + 6])]
+                  for e in (0, 6)]
+        for order in orders:
+            self.assertEqual(sorted(order), list(range(N_TRAIN)))            # each image once
+            self.assertNotEqual(order, list(range(N_TRAIN)))                 # shuffled
+        self.assertNotEqual(orders[0], orders[1])                            # anew each epoch
+
+    def test_02_prints_the_untrained_networks_accuracy_counted_by_hand(self):
+        passes = watch_networks(self)
+        out = self.train_script(baseline)
+        untrained = copy.deepcopy(passes[0][0])             # the first network: the untrained one
+        images, labels = self.load()[1].dataset.tensors
+        with torch.no_grad():
+            top_class = untrained(images[:64]).topk(1, dim=1)[1]            # the first test batch
+        self.assertIn(f"{top_class[:10, :]}", out)
+        self.assertIn("equals.shape: torch.Size([64, 1])", out)
+        accuracy = float(re.search(r"^Accuracy: ([\d.]+)%$", out, re.M).group(1))
+        right = (top_class.view(-1) == labels[:64]).float().mean().item()
+        self.assertAlmostEqual(accuracy, right * 100, places=4)
+        with torch.no_grad():
+            whole = (untrained(images).argmax(dim=1) == labels).float().mean().item()
+        self.assertIn(f"Accuracy on all {N_TEST} test images: {whole:.1%}", out)
+
+    def test_the_knobs_reach_the_run(self):
+        passes, steps = watch_networks(self), []
+        hook = register_optimizer_step_pre_hook(lambda optimizer, *_: steps.append(optimizer))
+        self.addCleanup(hook.remove)
+        self.train_script(dropout, "--epochs", 2, "--batch-size", 50, "--lr", 0.01,
+                          "--dropout", 0.3)
+        trained = [(network, len(x)) for network, training, grad, x in passes if training and grad]
+        self.assertEqual([n for _, n in trained], ([50] * 6 + [30]) * 2)
+        network = trained[0][0]
+        self.assertTrue(all(n is network for n, _ in trained))
+        self.assertEqual([m.p for m in network.modules() if isinstance(m, nn.Dropout)], [0.3])
+        self.assertEqual(len(steps), 14)                                   # a step per batch
+        optimizer = steps[0]
+        self.assertTrue(all(o is optimizer for o in steps))
+        self.assertIsInstance(optimizer, optim.Adam)
+        self.assertEqual([g["lr"] for g in optimizer.param_groups], [0.01])
+        self.assertEqual({id(p) for g in optimizer.param_groups for p in g["params"]},
+                         {id(p) for p in network.parameters()})
+        _, checkpoint = saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork,
+                                               CPU)
+        self.assertEqual(checkpoint["dropout"], 0.3)
+
+
+class LessonInferenceTests(TinyDataTestCase):
+    """Step 4: what 04_inference.py draws and prints is the chosen image's own, and its numbers
+    on the whole test set are a hand count."""
+
+    def setUp(self):
+        super().setUp()
+        self.use_trained_dropout()
+        self.model, _ = saving.load_checkpoint(self.out_dir / "dropout.pt", FashionNeuralNetwork,
+                                               CPU)
+
+    def run_04(self, *args):
+        """04_inference.py's output and the figures it draws, by file name."""
+        figures = keep_figures_unwritten(self)
+        status, out, err = run_main(inference, *self.paths(), *args)
+        self.assertEqual(status, 0, err)
+        return out, figures
+
+    def assert_shows(self, out, figure, img):
+        """The figure draws img, (1, 1, 28, 28), beside its 10 probabilities in class order, and
+        the title and the printed top 3 are its own."""
+        with torch.no_grad():
+            ps = torch.exp(self.model(img))[0]
+        picture, bars = figure.axes
+        torch.testing.assert_close(torch.as_tensor(picture.images[0].get_array()), img.view(28, 28))
+        self.assertEqual([t.get_text() for t in bars.get_yticklabels()], list(common.CLASSES))
+        self.assertEqual([round(b.get_y() + b.get_height() / 2) for b in bars.patches],
+                         list(range(10)))
+        torch.testing.assert_close(torch.tensor([b.get_width() for b in bars.patches]).float(), ps)
+        top_p, top_class = ps.topk(3)
+        title = " ".join(t.get_text() for t in figure.texts)
+        self.assertIn(f"predicted {common.CLASSES[top_class[0]]} ", title)
+        printed = out.split("top 3:\n")[1].splitlines()[:3]
+        self.assertEqual(printed, [f"  {common.CLASSES[c]:<12} {p:.3f}"
+                                   for p, c in zip(top_p.tolist(), top_class.tolist())])
+
+    def test_the_picture_and_the_top_3_are_the_learners_photos_own(self):
+        photo = Image.new("RGB", (90, 120), "white")
+        photo.paste((30, 30, 60), (25, 10, 65, 110))          # a dark, tall garment on white
+        photo.save(self.tmp / "photo.png")
+        out, figures = self.run_04("--image", self.tmp / "photo.png")
+        img, _ = prepared_photo(self.tmp / "photo.png")
+        self.assert_shows(out, figures["inference_image.png"], img)
+
+    def test_a_photo_is_trimmed_to_its_garment_scaled_to_28_pixels_and_centred(self):
+        photo = Image.new("RGB", (200, 150), "white")
+        photo.paste((30, 30, 60), (10, 5, 50, 85))          # 40x80 pixels, in the top left corner
+        photo.save(self.tmp / "corner.png")
+        img, _ = prepared_photo(self.tmp / "corner.png")
+        garment = img[0, 0] > -1
+        rows, columns = (garment.any(dim=d).nonzero().view(-1) for d in (1, 0))
+        self.assertEqual((rows[0].item(), rows[-1].item()), (0, 27))       # 28 pixels high
+        self.assertEqual((columns[0].item(), 27 - columns[-1].item()), (7, 7))   # 14 wide, centred
+
+    def test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand(self):
+        # Ten test labels one class off: mistakes to count, however well the network learnt.
+        labels = write_mislabelled_copy(self.tmp / "copy", 10).long()
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp / "copy")}):
+            out, figures = self.run_04("--index", 7)
+        images = self.splits["t10k"][0]
+        self.assertFalse(torch.equal(images[7], images[0]))
+        self.assert_shows(out, figures["inference.png"], normalised_by_hand(images[7:8]))
+        # The whole test set: each class's accuracy, the pair confused most often, the confusion
+        # matrix drawn and the mistakes named, each as counted here image by image.
+        with torch.no_grad():
+            preds = self.model(normalised_by_hand(images)).argmax(dim=1)
+        confusion = torch.zeros(10, 10, dtype=torch.long)
+        for true, pred in zip(labels.tolist(), preds.tolist()):
+            confusion[true, pred] += 1
+        wrong = (preds != labels).nonzero().view(-1).tolist()
+        self.assertIn(f"({N_TEST - len(wrong)} of {N_TEST} images)", out)
+        for c, name in enumerate(common.CLASSES):
+            accuracy = confusion[c, c].item() / confusion[c].sum().item()
+            self.assertIn(f"\n{name:<12} {accuracy:.3f}\n", out)
+        a, b, both, a_as_b, b_as_a = re.search(
+            r"Confused most often: (.+) and (.+), (\d+) times \((\d+) .* taken for .*, (\d+) the "
+            r"other way\)", out).groups()
+        a, b = common.CLASSES.index(a), common.CLASSES.index(b)
+        pairs = [confusion[i, j] + confusion[j, i] for i in range(10) for j in range(i + 1, 10)]
+        self.assertEqual((int(both), int(a_as_b), int(b_as_a)),
+                         (max(pairs).item(), confusion[a, b].item(), confusion[b, a].item()))
+        drawn = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text())
+                 for t in figures["confusion_matrix.png"].axes[0].texts}    # (true, predicted)
+        self.assertEqual(drawn, {(i, j): n for i, row in enumerate(confusion.tolist())
+                                 for j, n in enumerate(row)})
+        named = [t.get_text() for t in figures["mistakes.png"].axes[0].texts]
+        self.assertEqual(named, [f"{common.CLASSES[preds[i]]}\n(is {common.CLASSES[labels[i]]})"
+                                 for i in wrong[:32]])
+
+
+if __name__ == "__main__":
+    unittest.main()

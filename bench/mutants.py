@@ -1,0 +1,285 @@
+"""Break the lesson one small change at a time, and check that the test suite notices each change.
+
+    python bench/mutants.py [--list] [--only TEXT ...] [--timeout 600]
+
+Each entry below names a line of the lesson by what it says, inside the function or class that
+holds it (a regular expression, searched in that function's source as the ast module finds it),
+and the change to make there. So a line that moves with its function is still found, and one that
+was rewritten or moved elsewhere is reported as "line not found", never skipped in silence: update
+the entry. For each entry, in a temporary copy of the repository, the script makes that one change
+and runs the suite, `python -m unittest -f`, with the test expected to catch it first (only to stop
+sooner: the verdict is the whole suite's). Before the entries, the suite runs once unchanged and
+must pass. It prints a table: the entry, caught or survived (or why it could not run), the first
+test that failed. Exit status 0 when every entry is caught, 1 otherwise.
+
+--list finds every entry's line and shows its change, running nothing. An entry that survives
+is a gap in the suite: add the test that catches it, rather than drop the entry. Each run imports
+torch afresh and trains small networks: run it alone on the machine, not in CI (docs/testing.md).
+"""
+import argparse
+import ast
+import difflib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mutant:
+    what: str           # the behaviour it breaks, as the table says
+    file: str           # relative to the repository's root
+    where: str          # the function or class that holds the line: "train", "Run.best_epoch"
+    find: str           # a regular expression (re.M) for the line's content, found once there
+    change: str         # what replaces it (re.sub's template)
+    first: str = ""     # the test method expected to catch it (in test_scripts), run first
+
+    def mutate(self, source):
+        """(the changed source, None), or (None, why it cannot be made)."""
+        span = _span(source, self.where)
+        if span is None:
+            return None, f"line not found ({self.where} is not in {self.file})"
+        start, end = span
+        found = len(re.findall(self.find, source[start:end], re.M))
+        if found != 1:
+            return None, ("line not found" if not found else f"line not found ({found} matches)")
+        changed = source[:start] + re.sub(self.find, self.change, source[start:end], count=1,
+                                          flags=re.M) + source[end:]
+        if changed == source:
+            return None, "the change changes nothing"
+        try:
+            compile(changed, self.file, "exec")
+        except SyntaxError as e:
+            return None, f"the change does not compile ({e.msg})"
+        return changed, None
+
+
+def _span(source, where):
+    """The character range of the function or class named `where` ("Class.method"), or None."""
+    body, node = ast.parse(source).body, None
+    for name in where.split("."):
+        node = next((n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                     and n.name == name), None)
+        if node is None:
+            return None
+        body = node.body
+    lines = source.splitlines(keepends=True)
+    return sum(map(len, lines[:node.lineno - 1])), sum(map(len, lines[:node.end_lineno]))
+
+
+MUTANTS = [
+    # The five that once passed the whole suite
+    Mutant("train(): validation not in eval mode (model.eval() removed)",
+           "common.py", "train", r"^([ \t]*)model\.eval\(\)[ \t]*$", r"\1pass",
+           "test_a_dropout_network_trains_in_train_mode_and_validates_in_eval_mode_every_epoch"),
+    Mutant("train(): train mode not restored after validation (model.train() removed)",
+           "common.py", "train", r"^([ \t]*)model\.train\(\)[ \t]*$", r"\1pass",
+           "test_a_dropout_network_trains_in_train_mode_and_validates_in_eval_mode_every_epoch"),
+    Mutant("save_run(): NAME_best.pt saved with the last epoch's weights",
+           "plumbing/saving.py", "save_run", r"run\.weights\[run\.best_epoch\]",
+           "run.weights[run.epochs]",
+           "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
+    Mutant("make_loaders(): the training loader not shuffled",
+           "common.py", "make_loaders", r"(?s)(trainloader = make_loader\(.*?shuffle=)True",
+           r"\1False", "test_the_training_batches_come_in_a_new_order_each_epoch"),
+    Mutant("04: another image's probabilities beside the chosen image",
+           "04_inference.py", "main", r"model\(img\.to\(device\)\)",
+           "model(images[:1].to(device))",
+           "test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand"),
+    # The same behaviours, broken another way
+    Mutant("keep_weights(): the live weights kept, not a copy (best = last)",
+           "common.py", "keep_weights", r"v\.detach\(\)\.clone\(\)", "v",
+           "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
+    Mutant("Run.best_epoch: the epoch of the highest validation loss",
+           "common.py", "Run.best_epoch", r"\bmin\(", "max(",
+           "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
+    Mutant("make_loader(): shuffled once, the same order every epoch",
+           "common.py", "make_loader", r"RandomSampler\(dataset\)",
+           "list(RandomSampler(dataset))",
+           "test_the_training_batches_come_in_a_new_order_each_epoch"),
+    Mutant("train(): validation with gradients on (no torch.no_grad())",
+           "common.py", "train", r"with torch\.no_grad\(\):", "with torch.enable_grad():",
+           "test_a_dropout_network_trains_in_train_mode_and_validates_in_eval_mode_every_epoch"),
+    Mutant("04: test image 0 drawn whatever --index says",
+           "04_inference.py", "main", r"img = images\[args\.index\]", "img = images[0]",
+           "test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand"),
+    Mutant("view_classify(): the bars sorted, not in class order",
+           "common.py", "view_classify", r"barh\(range\(10\), ps,", "barh(range(10), sorted(ps),",
+           "test_the_picture_and_the_top_3_are_the_learners_photos_own"),
+    # The rest of the lesson
+    Mutant("normalize(): another constant than the tutorial's 0.5",
+           "common.py", "normalize", r"\.div_\(0\.5\)", ".div_(0.25)",
+           "test_loaded_tensors_equal_the_tutorials_transform"),
+    Mutant("01: the tutorial's transform with another constant",
+           "01_data.py", "main", r"Normalize\(\(0\.5,\), \(0\.5,\)\)",
+           "Normalize((0.5,), (0.25,))",
+           "test_01_data_writes_samples_png_and_prints_the_facts"),
+    Mutant("FashionNeuralNetwork: dropout's p ignored (always 0)",
+           "common.py", "FashionNeuralNetwork.__init__", r"nn\.Dropout\(p=dropout\)",
+           "nn.Dropout(p=0.0)",
+           "test_the_network_is_784_256_128_64_10_with_relu_and_dropout_after_each_hidden_layer"),
+    Mutant("forward(): no dropout after the third hidden layer",
+           "common.py", "FashionNeuralNetwork.forward",
+           r"self\.dropout\((F\.relu\(self\.layer_hidden_two\(x\)\))\)", r"\1",
+           "test_the_network_is_784_256_128_64_10_with_relu_and_dropout_after_each_hidden_layer"),
+    Mutant("forward(): log_softmax over the batch (dim=0)",
+           "common.py", "FashionNeuralNetwork.forward", r"(log_softmax\(.*)dim=1\)", r"\1dim=0)",
+           "test_output_shape_and_log_probabilities"),
+    Mutant("03: the network built without dropout",
+           "03_dropout.py", "main", r"FashionNeuralNetwork\(dropout=args\.dropout\)",
+           "FashionNeuralNetwork()", "test_the_knobs_reach_the_run"),
+    Mutant("03: NLLLoss swapped for a label-smoothed cross-entropy",
+           "03_dropout.py", "main", r"nn\.NLLLoss\(\)", "nn.CrossEntropyLoss(label_smoothing=0.1)",
+           "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
+    Mutant("train(): zero_grad removed (gradients pile up)",
+           "common.py", "train", r"^([ \t]*)optimizer\.zero_grad\(\).*$", r"\1pass",
+           "test_each_batch_is_one_step_down_its_own_gradient_then_the_epoch_is_validated"),
+    Mutant("train(): the short last batch's loss counted as a full batch's",
+           "common.py", "train", r"running_loss \+= loss\.item\(\) \* len\(labels\)",
+           "running_loss += loss.item() * 64",
+           "test_loss_and_accuracy_are_counted_per_image"),
+    Mutant("train(): accuracy counted per batch, not per image",
+           "common.py", "train", r"accuracy \+= equals\.sum\(\)\.item\(\)",
+           "accuracy += equals.float().mean().item() * 64",
+           "test_02_baseline_writes_history_plot_and_checkpoints_that_rebuild_the_network"),
+    Mutant("train(): labels compared without view() (broadcast to (B, B))",
+           "common.py", "train", r"== labels\.view\(\*top_class\.shape\)", "== labels",
+           "test_loss_and_accuracy_are_counted_per_image"),
+    Mutant("evaluate(): not in eval mode",
+           "common.py", "evaluate", r"^([ \t]*)model\.eval\(\)[ \t]*$", r"\1pass",
+           "test_evaluate_measures_the_whole_network_in_whatever_mode_it_was_left"),
+    Mutant("02: one batch's accuracy with labels not viewed as (64, 1)",
+           "02_baseline.py", "main", r"equals = top_class == labels\.view\(\*top_class\.shape\)",
+           "equals = top_class == labels",
+           "test_02_prints_the_untrained_networks_accuracy_counted_by_hand"),
+    Mutant("plot_losses(): the lowest validation loss marked at the last epoch",
+           "common.py", "plot_losses", r"best = run\.best_epoch", "best = run.epochs",
+           "test_the_loss_plot_draws_both_losses_per_epoch_and_marks_the_lowest_validation_loss"),
+    Mutant("print_summary(): the final epoch's loss printed as the lowest",
+           "common.py", "print_summary", r"best, last = run\.best_epoch, run\.epochs",
+           "best, last = run.epochs, run.epochs",
+           "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
+    Mutant("prepare_image(): a learner's photo not centred",
+           "plumbing/photo.py", "prepare_image", r"top, left = \(28 - size\[0\]\) // 2, "
+           r"\(28 - size\[1\]\) // 2", "top, left = 0, 0",
+           "test_a_photo_is_trimmed_to_its_garment_scaled_to_28_pixels_and_centred"),
+    Mutant("04: the confusion matrix transposed",
+           "04_inference.py", "main", r"labels \* 10 \+ preds", "preds * 10 + labels",
+           "test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand"),
+]
+
+
+def find_test(name):
+    """"Class.method" of the test method `name` in test_scripts.py, or None."""
+    for node in ast.parse((ROOT / "test_scripts.py").read_text()).body:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(f, ast.FunctionDef) and f.name == name for f in node.body):
+            return f"{node.name}.{name}"
+    return None
+
+
+def copy_repository(target):
+    """The repository's files, without git, outputs, caches, data or checkpoints."""
+    shutil.copytree(ROOT, target, ignore=shutil.ignore_patterns(
+        ".git", "outputs", "__pycache__", "*.pyc", "*.pt", ".venv*", "venv", "data",
+        "FashionMNIST"))
+
+
+def run_suite(folder, first, timeout):
+    """Run the suite in `folder`, `first` tests first; (status, first failing test, seconds).
+    The status is None when it ran out of time."""
+    tests = [f"test_scripts.{name}" for name in first] + ["test_scripts"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}     # a changed file is never read stale
+    start = time.perf_counter()
+    # In a session of its own, so that a run out of time ends with the children it forked.
+    suite = subprocess.Popen([sys.executable, "-m", "unittest", "-f", *tests], cwd=folder,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        _, err = suite.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(suite.pid, signal.SIGKILL)
+        suite.communicate()
+        return None, "", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if suite.returncode == 0:
+        return 0, "", seconds
+    failed = re.search(r"^(?:FAIL|ERROR): (\S+) \(([\w.]+?)(?:\.\1)?\)", err, re.M)
+    failed = failed and f"{failed.group(2).removeprefix('test_scripts.')}.{failed.group(1)}"
+    return suite.returncode, failed or err.strip()[-200:], seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true",
+                        help="find each entry's line and print the changes; run nothing")
+    parser.add_argument("--only", nargs="+", metavar="TEXT", default=[],
+                        help="only the entries whose description holds one of these texts")
+    parser.add_argument("--timeout", type=int, default=600,
+                        help="seconds one run of the suite may take (default 600)")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or any(t in m.what for t in args.only)]
+    if not mutants:
+        parser.error("--only: no entry holds that text")
+    width = max(len(m.what) for m in mutants)
+
+    if args.list:
+        missing = 0
+        for m in mutants:
+            source = (ROOT / m.file).read_text()
+            changed, problem = m.mutate(source)
+            missing += bool(problem)
+            print(f"{m.what} ({m.file}, {m.where}): {problem or 'found'}")
+            if not find_test(m.first):
+                print(f"    its first test, {m.first!r}, is not in test_scripts.py")
+            for line in difflib.unified_diff(source.splitlines(), (changed or source).splitlines(),
+                                             lineterm="", n=0):
+                if line[:1] in "-+" and line[:3] not in ("---", "+++"):
+                    print(f"    {line[0]} {line[1:].strip()}")
+        return 1 if missing else 0
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "repo"
+        copy_repository(folder)
+        status, failed, seconds = run_suite(folder, [], args.timeout)
+        if status != 0:
+            print(f"The suite fails without any change ({failed}): fix that first.")
+            return 1
+        print(f"Unchanged: the suite passes ({seconds:.0f} s).\n")
+        print(f"{'entry':<{width}}  {'result':<8}  {'s':>4}  first test that failed")
+        results = []
+        for m in mutants:
+            path = folder / m.file
+            original = path.read_text()
+            changed, problem = m.mutate(original)
+            if problem:
+                result, failed, seconds = problem, "", 0
+            else:
+                path.write_text(changed)
+                first = find_test(m.first)
+                try:
+                    status, failed, seconds = run_suite(folder, [first] if first else [],
+                                                        args.timeout)
+                finally:
+                    path.write_text(original)
+                result = ("timed out" if status is None else "caught" if status else "survived")
+            results.append(result)
+            print(f"{m.what:<{width}}  {result:<8}  {seconds:>4.0f}  {failed}", flush=True)
+    caught, survived = results.count("caught"), results.count("survived")
+    print(f"\n{caught} of {len(results)} caught, {survived} survived, "
+          f"{len(results) - caught - survived} not run to the end (line not found, timed out); "
+          f"{time.perf_counter() - start:.0f} s in all.")
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
