@@ -413,6 +413,9 @@ class OverfittingRuleTests(unittest.TestCase):
         self.assertAlmostEqual(climb, 0.01 * 19)                        # epochs 11 to 30
         # A straight fall: no.
         self.assertFalse(common.overfitting(self.run_of([0.6 - 0.01 * e for e in range(30)]))[0])
+        # A fall through the first ten epochs, then a climb: judged on the climb, not the fall.
+        fall_then_climb = [0.5 - 0.015 * e for e in range(10)] + [0.365 + 0.003 * e for e in range(20)]
+        self.assertTrue(common.overfitting(self.run_of([x + 0.005 * w for x, w in zip(fall_then_climb, wobble)]))[0])
 
     def test_under_ten_epochs_it_does_not_judge_and_says_so(self):
         self.assertEqual(common.overfitting(self.run_of([0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1]))[0],

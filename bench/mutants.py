@@ -96,7 +96,7 @@ MUTANTS = [
            "test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand"),
     # The same behaviours, broken another way
     Mutant("keep_weights(): the live weights kept, not a copy (best = last)",
-           "common.py", "keep_weights", r"v\.detach\(\)\.clone\(\)", "v",
+           "plumbing/saving.py", "keep_weights", r"v\.detach\(\)\.clone\(\)", "v",
            "test_the_best_checkpoint_holds_the_weights_of_the_epoch_of_lowest_validation_loss"),
     Mutant("Run.best_epoch: the epoch of the highest validation loss",
            "common.py", "Run.best_epoch", r"\bmin\(", "max(",
@@ -174,6 +174,19 @@ MUTANTS = [
     Mutant("04: the confusion matrix transposed",
            "04_inference.py", "main", r"labels \* 10 \+ preds", "preds * 10 + labels",
            "test_04_shows_the_chosen_test_images_own_and_counts_the_test_set_by_hand"),
+    Mutant("overfitting(): any climb counts, however small beside the noise",
+           "common.py", "overfitting", r"return climb > 2 \* noise, climb, noise",
+           "return climb > 0, climb, noise",
+           "test_a_climb_counts_only_when_it_beats_the_curves_own_noise"),
+    Mutant("overfitting(): judged on all the epochs, the early fall included",
+           "common.py", "overfitting", r"run\.test_losses\[run\.epochs // 3:\]",
+           "run.test_losses", "test_a_climb_counts_only_when_it_beats_the_curves_own_noise"),
+    Mutant("05 --seeds: a seed's run not seeded as that seed alone",
+           "05_beyond.py", "main", r"^([ \t]*)torch\.manual_seed\(seed\)([ \t]*#.*)?$", r"\1pass",
+           "test_each_seed_of_a_repeat_is_that_seed_run_alone"),
+    Mutant("05 --sweep-dropout: a near tie taken for the lower mean",
+           "05_beyond.py", "choose", r"close = \[p for p in ranked\[1:\] if .*$", "close = []",
+           "test_a_near_tie_is_said_and_settled_for_the_simplest_and_a_clear_winner_is_taken"),
 ]
 
 
