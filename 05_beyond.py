@@ -203,10 +203,9 @@ def sweep(args, trainloader, testloader, device, out_dir):
             fitloader, valloader = hold_out(trainloader, args, seed)
             _, run = fit(args, p, fitloader, valloader, "validation", device)
             progress.done(run)
-            if run.epochs:
-                runs[p][seed] = run
             if run.stopped:
                 break
+            runs[p][seed] = run
         if run.stopped:
             break
     runs = {p: r for p, r in runs.items() if r}
@@ -224,13 +223,12 @@ def sweep(args, trainloader, testloader, device, out_dir):
     saving.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
-        partial = run.epochs and run is runs[p].get(seed)
         finished = progress.started - 1
         print(f"The sweep stopped during its run {progress.started} of {progress.runs} (dropout "
-              f"{p}, seed {seed})" + f", after {run.epochs} of its {args.epochs} epochs" * partial
-              + f": its {finished} finished run{'s' * (finished != 1)}"
-              + " and that partial one" * partial + " are drawn, and no choice is made.",
-              file=sys.stderr)
+              f"{p}, seed {seed}), after {run.epochs} of its {args.epochs} epochs: "
+              f"{'its' if finished > 1 else 'the'} {finished} finished "
+              f"run{'s are' if finished > 1 else ' is'} drawn and tabled, the stopped one left "
+              "out, and no choice is made.", file=sys.stderr)
         return cli.exit_status(run)
     print(f"Chosen: dropout {chosen}. {why}")
     if args.final_fit:
@@ -448,13 +446,13 @@ def plot_sweep(runs, chosen):
         best = 1 + mean.index(min(mean))
         name = f"p={p}" + " (chosen)" * (p == chosen)
         curves.plot(epochs, mean, "-", color=color,
-                    label=f"{name}: lowest {min(mean):.3f} at epoch {best}")
+                    label=f"{name}: the mean curve lowest, {min(mean):.3f} at epoch {best}")
         curves.fill_between(epochs, [m - sd for m, sd in val], [m + sd for m, sd in val],
                             color=color, alpha=0.2, linewidth=0)
         curves.plot(epochs, train, "--", color=color, alpha=0.6, linewidth=1)
         curves.plot(best, min(mean), "o", color=color, markersize=7)
     seeds = max(map(len, runs.values()))
-    band = f", band: ± one standard deviation over {seeds} seeds" if seeds > 1 else ""
+    band = f"\nband: ± one standard deviation over {seeds} seeds" if seeds > 1 else ""
     curves.set(xlabel="epoch", ylabel="loss per image (NLL)",
                title=f"Validation loss per epoch (dashed: training loss){band}")
     curves.title.set_fontsize(9)
@@ -466,8 +464,8 @@ def plot_sweep(runs, chosen):
         summary.errorbar(ps, [m for m, _ in stats], yerr=[sd for _, sd in stats], fmt=style,
                          color=color, capsize=4, label=label)
     summary.set(xlabel="dropout p", ylabel="validation loss per image",
-                title="Each p: its lowest and its final validation loss, and the accuracy"
-                      + (" (mean ± one standard deviation)" if seeds > 1 else ""))
+                title="Each p: its lowest and final validation loss, and the accuracy"
+                      + ("\n(mean ± one standard deviation over the seeds)" if seeds > 1 else ""))
     summary.title.set_fontsize(9)
     accuracy = summary.twinx()
     stats = [mean_sd(r.accuracies[r.best_epoch - 1] for r in rs.values()) for rs in runs.values()]

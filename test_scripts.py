@@ -822,12 +822,12 @@ class BeyondTheTutorialTests(TinyDataTestCase):
             status, out, err = run_main(beyond, *self.paths(), *args)
         self.assertEqual(status, 130, err)
         sweep = json.loads((self.out_dir / "dropout_sweep.json").read_text())
-        self.assertEqual(list(sweep["runs"]), ["0.1", "0.3"])
-        self.assertEqual(len(sweep["runs"]["0.3"]["0"]["test_losses"]), 1)      # the partial run: 1 epoch
+        self.assertEqual(list(sweep["runs"]), ["0.1"])                          # the stopped run left out
         self.assertIsNone(sweep["chosen"])
         self.assertTrue(is_png(self.out_dir / "dropout_sweep.png"))
         self.assertIn("The sweep stopped during its run 2 of 2 (dropout 0.3, seed 0), after 1 of its 2 "
-                      "epochs: its 1 finished run and that partial one are drawn, and no choice is made.", err)
+                      "epochs: the 1 finished run is drawn and tabled, the stopped one left out, and no "
+                      "choice is made.", err)
 
 
 class SeedsTests(TinyDataTestCase):
