@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn, optim
-from torch.utils.data import SequentialSampler
+from torch.utils.data import SequentialSampler, SubsetRandomSampler
 from torchvision import datasets, transforms
 
 import common
@@ -1421,6 +1421,43 @@ class OutputTests(TinyDataTestCase):
             self.assertIs(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
         finally:
             signal.signal(signal.SIGHUP, previous)
+
+
+# ----------------------------------------------------------------------------- the learner's world: notebook, launcher, data
+
+class CountedImagesTests(unittest.TestCase):
+    """train() divides by the images it saw, whatever the loader leaves out."""
+
+    def test_the_loop_counts_the_images_of_a_sampler_and_of_drop_last(self):
+        torch.manual_seed(0)
+        images, labels = torch.rand(300, 1, 28, 28), torch.randint(0, 10, (300,))
+        dataset = torch.utils.data.TensorDataset(images, labels)
+        model = FashionNeuralNetwork()
+        with torch.no_grad():
+            log_ps = model(images)
+        loss, right = F.nll_loss(log_ps, labels, reduction="none"), log_ps.argmax(dim=1) == labels
+
+        def one_epoch(trainloader, testloader):           # with lr=0 the weights stay: a hand count
+            with contextlib.redirect_stdout(io.StringIO()):
+                run = common.train(model, trainloader, testloader, nn.NLLLoss(),
+                                   optim.SGD(model.parameters(), lr=0.0), 1, torch.device("cpu"))
+            return run.train_losses[0], run.test_losses[0], run.accuracies[0]
+
+        # Udacity's validation split: two SubsetRandomSamplers over the training set
+        order = torch.randperm(300).tolist()
+        train_idx, valid_idx = order[60:], order[:60]
+        trainloader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=SubsetRandomSampler(train_idx))
+        validloader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=SubsetRandomSampler(valid_idx))
+        train_loss, valid_loss, accuracy = one_epoch(trainloader, validloader)
+        self.assertAlmostEqual(train_loss, loss[train_idx].mean().item(), places=5)
+        self.assertAlmostEqual(valid_loss, loss[valid_idx].mean().item(), places=5)
+        self.assertAlmostEqual(accuracy, right[valid_idx].float().mean().item(), places=6)
+        # drop_last: 4 batches of 64 in order, the last 44 images left out
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, drop_last=True)
+        train_loss, test_loss, accuracy = one_epoch(loader, loader)
+        self.assertAlmostEqual(train_loss, loss[:256].mean().item(), places=5)
+        self.assertAlmostEqual(test_loss, loss[:256].mean().item(), places=5)
+        self.assertAlmostEqual(accuracy, right[:256].float().mean().item(), places=6)
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one
