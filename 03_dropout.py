@@ -100,7 +100,8 @@ def compare_confidence(out_dir, testloader, device):
             return
         with torch.no_grad():
             log_ps = model(images.to(device)).cpu()
-        stats[f"{name} (epoch {checkpoint['epoch']})"] = calibration(log_ps, labels)
+        epoch = checkpoint["epoch"] if checkpoint["epoch"] is not None else "unknown"
+        stats[f"{name} (epoch {epoch})"] = calibration(log_ps, labels)
     width = max(map(len, stats))
     print(f"{'test set':<{width}} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = "
           f"{'right':>5} + {'wrong':>5} (of which sure and wrong: images, loss)")

@@ -1150,10 +1150,10 @@ class MistakeTests(TinyDataTestCase):
                  "text.pt": b"these are my notes, not weights\n"}
         for name, data in files.items():
             (self.tmp / name).write_bytes(data)
-        torch.save(good["state_dict"], self.tmp / "weights_only.pt")
+        torch.save({"epochs": 3, "lr": 0.003}, self.tmp / "settings.pt")
         torch.save(wrong_shape, self.tmp / "other_shape.pt")
         cases = {"empty.pt": "empty, truncated", "truncated.pt": "empty, truncated", "text.pt": "empty, truncated",
-                 "weights_only.pt": "not a checkpoint of these scripts", "other_shape.pt": "another shape"}
+                 "settings.pt": "not a checkpoint of these scripts", "other_shape.pt": "another shape"}
         for name, phrase in cases.items():
             with self.subTest(name):
                 self.assert_refused(inference, ["--checkpoint", self.tmp / name], phrase)
@@ -1424,6 +1424,106 @@ class OutputTests(TinyDataTestCase):
 
 
 # ----------------------------------------------------------------------------- the learner's world: notebook, launcher, data
+
+class Tutorial:
+    """The notebook's own code, copied from it unchanged, to save a network as a learner does."""
+
+    class FashionNeuralNetwork(nn.Module):
+        '''
+        This Neural Network will use ReLU as the non-linear activation function, and
+        use log-softmax activation for the output and negative log likelihood function
+        for our loss function.
+        '''
+        def __init__(self):
+            # Call the super initializor to register all of the layers implemented here
+            super().__init__()
+            # Create layers here
+            self.layer_input = nn.Linear(784,256)
+            self.layer_hidden_one = nn.Linear(256,128)
+            self.layer_hidden_two = nn.Linear(128,64)
+            self.layer_output = nn.Linear(64,10)
+        def forward(self, x):
+            # Flattened the input to make sure it fits the layer input
+            x = x.view(x.shape[0],-1)
+            # Pass in the input to the layer and do forward propagation
+            x = F.relu(self.layer_input(x))
+            x = F.relu(self.layer_hidden_one(x))
+            x = F.relu(self.layer_hidden_two(x))
+            # Dimension = 1, to get the sum of the output across the output row matrix
+            x = F.log_softmax(self.layer_output(x),dim=1)
+            return x
+
+    class Network(nn.Module):
+        """Udacity's Part 6 network (fc_model.Network): other layer names, so another network."""
+        def __init__(self, input_size, output_size, hidden_layers, drop_p=0.5):
+            super().__init__()
+            self.hidden_layers = nn.ModuleList([nn.Linear(input_size, hidden_layers[0])])
+            layer_sizes = zip(hidden_layers[:-1], hidden_layers[1:])
+            self.hidden_layers.extend([nn.Linear(h1, h2) for h1, h2 in layer_sizes])
+            self.output = nn.Linear(hidden_layers[-1], output_size)
+            self.dropout = nn.Dropout(p=drop_p)
+
+
+class NotebookNetworkTests(TinyDataTestCase):
+    def train_as_the_notebook_does(self):
+        """The notebook's data and training cells (one channel, as today's torchvision needs), two
+        epochs on the tiny data set: the trained model."""
+        self.load()                          # the tiny files in place, where the notebook downloads
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        traindataset = datasets.FashionMNIST(self.data_dir, download=False, train=True, transform=transform)
+        trainloader = torch.utils.data.DataLoader(dataset=traindataset, batch_size=64, shuffle=True)
+        torch.manual_seed(0)
+        model = Tutorial.FashionNeuralNetwork()
+        loss_function = nn.NLLLoss()
+        optimizer = optim.Adam(model.parameters(), lr=0.003)
+        for i in range(2):
+            for images, labels in trainloader:
+                optimizer.zero_grad()
+                log_ps = model(images)
+                loss = loss_function(log_ps, labels)
+                loss.backward()
+                optimizer.step()
+        return model
+
+    def test_04_shows_the_network_the_notebook_trained_and_saved(self):
+        model = self.train_as_the_notebook_does()
+        images, labels = self.load()[1].dataset.tensors
+        with torch.no_grad():
+            right = (model.eval()(images).argmax(dim=1) == labels).sum().item()
+        torch.save(model.state_dict(), self.tmp / "checkpoint.pth")         # Part 6's line
+        torch.save({"input_size": 784, "output_size": 10, "hidden_layers": [256, 128, 64],
+                    "state_dict": model.state_dict()}, self.tmp / "part6.pth")   # Part 6's dict
+        for name in ("checkpoint.pth", "part6.pth"):
+            with self.subTest(name):
+                status, out, err = run_main(inference, *self.paths(), "--checkpoint", self.tmp / name)
+                self.assertEqual(status, 0, err)
+                self.assertIn("the tutorial's network, saved elsewhere", out)
+                self.assertIn("its dropout and epoch are unknown", out)
+                self.assertIn(f"({right} of {N_TEST} images)", out)        # the notebook's own network
+                self.assertTrue(is_png(self.out_dir / "inference.png"))
+
+    def test_a_whole_pickled_model_is_refused_with_the_line_that_saves_its_weights(self):
+        model = Tutorial.FashionNeuralNetwork()
+        torch.save(model, self.tmp / "model.pth")
+        self.assertIsInstance(torch.load(self.tmp / "model.pth", weights_only=False), nn.Module)   # it is one
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "model.pth"], "holds a whole pickled model",
+                                  "torch.save(model.state_dict(), 'checkpoint.pth')")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertNotIn("train again", err)
+        self.assertNotIn("empty, truncated", err)
+
+    def test_another_networks_weights_are_named_with_what_was_expected(self):
+        part6 = Tutorial.Network(784, 10, [512, 256, 128])
+        torch.save({"input_size": 784, "output_size": 10, "hidden_layers": [512, 256, 128],
+                    "state_dict": part6.state_dict()}, self.tmp / "fc_model.pth")
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "fc_model.pth"], "another network",
+                                  "hidden_layers.0.weight", "output.bias", "layer_input.weight", "layer_output.bias")
+        self.assertNotIn("train again", err)
+        nan = {k: torch.full_like(v, math.nan) for k, v in Tutorial.FashionNeuralNetwork().state_dict().items()}
+        torch.save(nan, self.tmp / "nan.pth")        # ours in shape, but its training blew up elsewhere
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "nan.pth"], "not numbers")
+        self.assertNotIn("train again", err)
+
 
 class CountedImagesTests(unittest.TestCase):
     """train() divides by the images it saw, whatever the loader leaves out."""
