@@ -8,6 +8,8 @@ the two losses stay together. Writes dropout_loss.png, dropout_history.json, dro
 dropout_best.pt; then, when 02_baseline.py has run, the conclusion: baseline_vs_dropout.png, and
 confidence.png, how sure each network is against how often it is right.
 """
+from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
+
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -15,7 +17,6 @@ from torch import optim
 
 import common
 from common import FashionNeuralNetwork, Run, train
-from plumbing import cli, errors, saving
 
 
 def main(argv=None):

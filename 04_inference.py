@@ -7,6 +7,8 @@ torch.save(model.state_dict(), 'checkpoint.pth')), shows one test image, or your
 --image, beside its 10 class probabilities (inference.png or inference_image.png), then measures
 the whole test set: accuracy per class, confusion_matrix.png and mistakes.png.
 """
+from plumbing import cli, photo, saving    # first, before matplotlib: see plumbing/__init__.py
+
 from pathlib import Path
 
 import torch
@@ -14,7 +16,6 @@ from matplotlib.figure import Figure
 
 import common
 from common import FashionNeuralNetwork
-from plumbing import cli, photo, saving
 
 
 def main(argv=None):

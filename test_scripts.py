@@ -1525,6 +1525,63 @@ class NotebookNetworkTests(TinyDataTestCase):
         self.assertNotIn("train again", err)
 
 
+class LauncherTests(TinyDataTestCase):
+    def test_a_notebooks_mplbackend_that_is_not_installed_is_not_needed(self):
+        # A Jupyter kernel sets MPLBACKEND for its children; here matplotlib_inline is made absent
+        # by hiding the entry point that registers it, as in an environment that lacks it.
+        driver = """if True:
+            import importlib.metadata, os, runpy, sys
+            entry_points = importlib.metadata.entry_points
+            importlib.metadata.entry_points = lambda **kw: (
+                () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
+            sys.argv = sys.argv[1:]
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            finally:
+                print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
+        """
+        backend = "module://matplotlib_inline.backend_inline"
+        result = subprocess.run([sys.executable, "-c", driver, str(HERE / "01_data.py"), *map(str, self.paths())],
+                                cwd=HERE, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "MPLBACKEND": backend, "OMP_NUM_THREADS": "1"})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertTrue(is_png(self.out_dir / "samples.png"))
+        self.assertIn(f"MPLBACKEND after: {backend}", result.stdout)       # the environment as it was
+
+    def test_output_that_cannot_be_encoded_is_escaped(self):
+        out_dir = self.tmp / "выход 输出"                   # a learner's folder, on an ASCII console
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+            with self.assertRaises(SystemExit) as stop:
+                cli.run_script(lambda: data_step.main([*map(str, self.paths()), "--out-dir", str(out_dir)]))
+        self.assertEqual(stop.exception.code, 0)
+        stdout.flush()
+        self.assertIn(f"Wrote {out_dir / 'samples.png'}".encode("ascii", "backslashreplace"),
+                      stdout.buffer.getvalue())
+        self.assertEqual(stdout.errors, "strict")                          # the stream as it was
+
+    def test_run_as_percent_run_runs_it_the_hosts_signal_handlers_stay_however_it_ends(self):
+        def host(signum, frame):
+            pass
+
+        saved = {s: signal.signal(s, host) for s in (signal.SIGTERM, signal.SIGHUP)}
+        self.addCleanup(lambda: [signal.signal(s, h) for s, h in saved.items()])
+        self.addCleanup(setattr, sys, "argv", sys.argv)
+        (self.tmp / "a-file").write_text("")
+        endings = {"success": ([], None), "--help": (["--help"], None),
+                   "a sentence": (["--data-dir", self.tmp / "a-file"], None),
+                   "Ctrl-C": ([], KeyboardInterrupt()), "a bug": ([], ZeroDivisionError())}
+        for ending, (args, raised) in endings.items():
+            with self.subTest(ending), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()), \
+                    mock.patch.object(common, "load_datasets", side_effect=raised, wraps=common.load_datasets):
+                sys.argv = ["01_data.py", *map(str, self.paths()), *map(str, args)]
+                with contextlib.suppress(SystemExit, ZeroDivisionError):
+                    runpy.run_path(str(HERE / "01_data.py"), run_name="__main__")     # as %run does
+                self.assertIs(signal.getsignal(signal.SIGTERM), host)
+                self.assertIs(signal.getsignal(signal.SIGHUP), host)
+
+
 class CountedImagesTests(unittest.TestCase):
     """train() divides by the images it saw, whatever the loader leaves out."""
 
