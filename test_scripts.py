@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import errno
 import gzip
+import hashlib
 import importlib
 import io
 import json
@@ -878,6 +879,9 @@ FORKED = {}
 
 def setUpModule():
     global _forked_tmp
+    # The tiny data set has fewer images than Fashion-MNIST, so no digest of the data set's own
+    # files can match it: the scripts take such a subset only where this variable says so.
+    os.environ[datafiles.SUBSET_VARIABLE] = "1"
     _forked_tmp = tempfile.TemporaryDirectory()
     folder = Path(_forked_tmp.name)
     write_fake_fashion_mnist(folder / "local-copy")
@@ -902,6 +906,7 @@ def setUpModule():
 
 
 def tearDownModule():
+    os.environ.pop(datafiles.SUBSET_VARIABLE, None)
     for run in FORKED.values():
         run.kill()
         if isinstance(run, ForkedRun):
@@ -1615,6 +1620,130 @@ class CountedImagesTests(unittest.TestCase):
         self.assertAlmostEqual(train_loss, loss[:256].mean().item(), places=5)
         self.assertAlmostEqual(test_loss, loss[:256].mean().item(), places=5)
         self.assertAlmostEqual(accuracy, right[:256].float().mean().item(), places=6)
+
+
+class DataIdentityTests(TinyDataTestCase):
+    """The data trained on is Fashion-MNIST itself, and the copy named."""
+
+    def raw(self, name="train-images-idx3-ubyte"):
+        return self.data_dir / "FashionMNIST" / "raw" / name
+
+    def as_if_full_size(self):
+        """The tiny data set taken for the whole one: its counts and digests in the tables."""
+        tiny = {name: hashlib.sha256(gzip.decompress((self.source / f"{name}.gz").read_bytes())).hexdigest()
+                for name in datafiles.RAW_FILES}
+        counts = {name: (magic, N_TRAIN if name.startswith("train") else N_TEST)
+                  for name, (magic, _) in datafiles.RAW_FILES.items()}
+        for patch in (mock.patch.dict(datafiles.SHA256, tiny), mock.patch.dict(datafiles.RAW_FILES, counts),
+                      mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"})):
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def test_another_data_sets_files_under_fashion_mnists_names_are_refused(self):
+        # MNIST-like: a digit "1" (a bright vertical stroke) on black, at Fashion-MNIST's full size.
+        mnist = self.tmp / "mnist"
+        mnist.mkdir()
+        for split, n in (("train", 60000), ("t10k", 10000)):
+            images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+            images[:, 4:24, 13:15] = 255
+            (mnist / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+            (mnist / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(torch.ones(n, dtype=torch.uint8)))
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(mnist)}):
+            err = self.assert_refused(data_step, [], f"the local copy {mnist / 'train-images-idx3-ubyte'} holds "
+                                      "60000 images that are not Fashion-MNIST's own training images")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertFalse(self.raw().exists())
+        self.assertEqual(leftovers(self.data_dir), [])
+
+    def test_the_other_splits_file_is_named_and_replaced_by_its_own(self):
+        self.as_if_full_size()
+        self.load()
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):      # the test set in the training set's place
+            self.raw(f"train-{kind}").write_bytes(self.raw(f"t10k-{kind}").read_bytes())
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            trainloader, testloader = common.load_data(self.data_dir, download=False)
+        self.assertIn(f"{self.raw()} holds Fashion-MNIST's test images, not its training images; fetching it again",
+                      out.getvalue())
+        self.assertEqual(len(trainloader.dataset), N_TRAIN)                # the training set, not the test set
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp)}):      # and with no copy at hand
+            self.raw().write_bytes(self.raw("t10k-images-idx3-ubyte").read_bytes())
+            self.assert_refused(data_step, [], f"{self.raw()} holds Fashion-MNIST's test images, not its training "
+                                "images: delete it")
+
+    @unittest.skipUnless(REAL_DATA, "the real data set is not installed")
+    def test_the_real_test_split_in_the_training_splits_place_is_named_and_replaced(self):
+        raw = self.raw().parent
+        raw.mkdir(parents=True)
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            raw.joinpath(f"train-{kind}").write_bytes(
+                gzip.decompress((datafiles.SYSTEM_COPY / f"t10k-{kind}.gz").read_bytes()))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": ""}):
+            os.environ.pop("FASHION_MNIST_DIR")
+            traindataset, testdataset = common.load_datasets(self.data_dir, download=False)
+        self.assertIn("holds Fashion-MNIST's test images, not its training images; fetching it again", out.getvalue())
+        self.assertEqual((len(traindataset), len(testdataset)), (60000, 10000))
+
+    def test_a_subset_is_used_only_where_the_variable_says_so(self):
+        with mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"}):
+            self.assert_refused(data_step, [], f"holds only {N_TRAIN} of the 60000 training images of Fashion-MNIST",
+                                "replace that file")
+        status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 0, err)
+
+    def test_training_and_test_images_may_not_be_the_same_images(self):
+        copy = self.tmp / "copy"
+        write_fake_fashion_mnist(copy)
+        images, labels = self.splits["train"]
+        for name, tensor in (("t10k-images-idx3-ubyte", images[:N_TEST]), ("t10k-labels-idx1-ubyte", labels[:N_TEST])):
+            (copy / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(tensor)))
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(copy)}):
+            self.assert_refused(data_step, [], "are the same images", f"{N_TEST} of the {N_TEST} test images are "
+                                "training images too")
+
+    def test_the_digests_are_checked_once_and_again_when_a_file_changes(self):
+        self.as_if_full_size()
+        with mock.patch.object(datafiles, "_which_file", wraps=datafiles._which_file) as hashed:
+            self.load()
+            self.assertEqual(hashed.call_count, 4)                             # each file as it is unpacked
+            hashed.reset_mock()
+            self.load()
+            self.assertEqual(hashed.call_count, 0)                             # unchanged since: not read again
+            path = self.raw("t10k-labels-idx1-ubyte")
+            data = bytearray(path.read_bytes())
+            data[-1] = (data[-1] + 1) % 10                                     # one label changed, size and all
+            path.write_bytes(bytes(data))
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                common.load_data(self.data_dir, download=False)
+            self.assertEqual(hashed.call_count, 2)                             # that file, and its fresh copy
+            self.assertIn(f"{path} holds {N_TEST} labels that are not Fashion-MNIST's own test labels", out.getvalue())
+
+    def test_a_data_dir_inside_the_data_is_understood_and_nothing_is_made_inside_the_data(self):
+        self.load()
+        raw = self.raw().parent
+        for folder in (raw, raw.parent):
+            with self.subTest(folder.name):
+                status, out, err = run_main(data_step, "--data-dir", folder, "--out-dir", self.out_dir, "--no-download")
+                self.assertEqual(status, 0, err)
+                self.assertIn(f"Reading {folder} as the data set's {folder.name} folder: --data-dir {self.data_dir}",
+                              out)
+                self.assertEqual([p for p in raw.parent.rglob("*") if p.is_dir()], [raw])   # no FashionMNIST inside
+        before = sorted(self.source.rglob("*"))
+        err = self.assert_refused(data_step, ["--data-dir", self.source], f"--data-dir {self.source} holds "
+                                  "Fashion-MNIST's files itself", f"FASHION_MNIST_DIR={self.source}")
+        self.assertEqual(sorted(self.source.rglob("*")), before)                  # no folder made inside it
+
+    def test_a_processed_folder_that_holds_other_images_than_the_raw_files_is_named(self):
+        self.load()
+        processed = self.data_dir / "FashionMNIST" / "processed"
+        processed.mkdir()
+        images, labels = self.splits["t10k"]
+        for name in ("training.pt", "test.pt"):             # as an older torchvision wrote them, but the test set
+            torch.save((images.clone(), labels.long()), processed / name)
+        self.assert_refused(data_step, [], f"the train split that torchvision read from {processed} is not what",
+                            f"delete {processed}")
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one
