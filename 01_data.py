@@ -5,12 +5,14 @@
 Prints the sizes of both splits, the classes and their counts, one batch's shape and the pixel
 range before and after normalisation; writes samples.png, a few training images of each class.
 """
+from plumbing import cli, saving    # first, before matplotlib: see plumbing/__init__.py
+
 import torch
 from matplotlib.figure import Figure
 from torchvision import transforms
 
 import common
-from plumbing import cli, saving
+
 
 def main(argv=None):
     args = cli.make_parser(__doc__).parse_args(argv)

@@ -8,6 +8,8 @@ the two losses stay together. Writes dropout_loss.png, dropout_history.json, dro
 dropout_best.pt; then, when 02_baseline.py has run, the conclusion: baseline_vs_dropout.png, and
 confidence.png, how sure each network is against how often it is right.
 """
+from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
+
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -15,7 +17,6 @@ from torch import optim
 
 import common
 from common import FashionNeuralNetwork, Run, train
-from plumbing import cli, errors, saving
 
 
 def main(argv=None):
@@ -100,7 +101,8 @@ def compare_confidence(out_dir, testloader, device):
             return
         with torch.no_grad():
             log_ps = model(images.to(device)).cpu()
-        stats[f"{name} (epoch {checkpoint['epoch']})"] = calibration(log_ps, labels)
+        epoch = checkpoint["epoch"] if checkpoint["epoch"] is not None else "unknown"
+        stats[f"{name} (epoch {epoch})"] = calibration(log_ps, labels)
     width = max(map(len, stats))
     print(f"{'test set':<{width}} {'accuracy':>8} {'confidence':>10} {'ECE':>6} {'loss':>6} = "
           f"{'right':>5} + {'wrong':>5} (of which sure and wrong: images, loss)")

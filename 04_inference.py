@@ -2,11 +2,13 @@
 
     python 04_inference.py [--index 0] [--image PHOTO.png] [--checkpoint outputs/dropout.pt]
 
-Rebuilds the network from a checkpoint of 03_dropout.py (or 02_baseline.py), shows one test
-image, or your own photo with --image, beside its 10 class probabilities (inference.png or
-inference_image.png), then measures the whole test set: accuracy per class,
-confusion_matrix.png and mistakes.png.
+Rebuilds the network from a checkpoint of 03_dropout.py (or 02_baseline.py, or the notebook's
+torch.save(model.state_dict(), 'checkpoint.pth')), shows one test image, or your own photo with
+--image, beside its 10 class probabilities (inference.png or inference_image.png), then measures
+the whole test set: accuracy per class, confusion_matrix.png and mistakes.png.
 """
+from plumbing import cli, photo, saving    # first, before matplotlib: see plumbing/__init__.py
+
 from pathlib import Path
 
 import torch
@@ -14,14 +16,14 @@ from matplotlib.figure import Figure
 
 import common
 from common import FashionNeuralNetwork
-from plumbing import cli, photo, saving
 
 
 def main(argv=None):
     parser = cli.make_parser(__doc__)
     cli.add_device_arg(parser)
     parser.add_argument("--checkpoint", type=cli.path_arg,
-                        help="checkpoint to load; OUT_DIR/dropout.pt if not given")
+                        help="checkpoint to load, or a state_dict the notebook saved; "
+                             "OUT_DIR/dropout.pt if not given")
     parser.add_argument("--index", type=cli.non_negative_int, default=0,
                         help="test image to classify")
     parser.add_argument("--image", type=cli.path_arg,
@@ -33,7 +35,12 @@ def main(argv=None):
     # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval()
     checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
     model, checkpoint = saving.load_checkpoint(checkpoint_path, FashionNeuralNetwork, device)
-    print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, epoch {checkpoint['epoch']}")
+    if checkpoint["epoch"] is None:        # a state_dict saved elsewhere, as the notebook saves one
+        print(f"Loaded {checkpoint_path}: the tutorial's network, saved elsewhere (a state_dict "
+              "without these scripts' record): its dropout and epoch are unknown")
+    else:
+        print(f"Loaded {checkpoint_path}: dropout {checkpoint['dropout']}, "
+              f"epoch {checkpoint['epoch']}")
     _, testdataset = common.load_datasets(args.data_dir, download=not args.no_download)
     images, labels = common.normalize(testdataset.data), testdataset.targets  # (N, 1, 28, 28), (N,)
     if args.index >= len(images) and not args.image:

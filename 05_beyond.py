@@ -12,6 +12,8 @@ beyond_history.json, beyond.pt and beyond_best.pt; with --sweep-dropout instead,
 dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt.
 docs/beyond.md has the measured results.
 """
+from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
+
 import sys
 
 import torch
@@ -22,7 +24,6 @@ from torch import optim
 
 import common
 from common import CLASSES, FashionNeuralNetwork
-from plumbing import cli, errors, saving
 
 
 def main(argv=None):

@@ -65,6 +65,7 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
         for i in range(epochs):
             start = time.perf_counter()
             running_loss = 0
+            seen = 0        # ours: the images trained on (a sampler or drop_last may skip some)
             # Loop through all of the train set forward and back propagate
             for images, labels in trainloader:
                 images, labels = images.to(device), labels.to(device)   # (B, 1, 28, 28), (B,)
@@ -74,10 +75,12 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
                 loss.backward()                            # Backpropagate
                 optimizer.step()                           # Update the weights
                 running_loss += loss.item() * len(labels)  # Accumulate the total loss (ours: a sum)
+                seen += len(labels)
 
             # Initialize test loss and accuracy to be 0 for every start of cycle
             test_loss = 0
             accuracy = 0
+            tested = 0      # ours: the images validated on
             # Turn off the gradients
             with torch.no_grad():
                 # Turn on Evaluation mode: dropout off, so the whole network is measured. The
@@ -91,14 +94,15 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
                     top_p, top_class = ps.topk(1, dim=1)             # (B, 1): the top probability
                     equals = top_class == labels.view(*top_class.shape)   # (B, 1): vs the label
                     accuracy += equals.sum().item()                  # count the right ones (ours)
+                    tested += len(labels)
                 # Turn on training mode
                 model.train()
 
-            # Ours: the sums divided by the number of images, where the tutorial divides batch
+            # Ours: the sums divided by the number of images seen, where the tutorial divides batch
             # means by the number of batches, so its short last batch counts as much as a full one.
-            train_loss = running_loss / len(trainloader.dataset)
-            test_loss = test_loss / len(testloader.dataset)
-            accuracy = accuracy / len(testloader.dataset)
+            train_loss = running_loss / seen
+            test_loss = test_loss / tested
+            accuracy = accuracy / tested
             if not (train_loss < DIVERGED_LOSS and test_loss < DIVERGED_LOSS):     # NaN too
                 print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3g}..  "
                       f"{name} Loss: {test_loss:.3g}: the training has blown up.")

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import errno
 import gzip
+import hashlib
 import importlib
 import io
 import json
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn, optim
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.utils.data import SequentialSampler
+from torch.utils.data import SequentialSampler, SubsetRandomSampler
 from torchvision import datasets, transforms
 
 import common
@@ -1106,6 +1107,9 @@ FORKED = {}
 
 def setUpModule():
     global _forked_tmp
+    # The tiny data set has fewer images than Fashion-MNIST, so no digest of the data set's own
+    # files can match it: the scripts take such a subset only where this variable says so.
+    os.environ[datafiles.SUBSET_VARIABLE] = "1"
     _forked_tmp = tempfile.TemporaryDirectory()
     folder = Path(_forked_tmp.name)
     write_fake_fashion_mnist(folder / "local-copy")
@@ -1130,6 +1134,7 @@ def setUpModule():
 
 
 def tearDownModule():
+    os.environ.pop(datafiles.SUBSET_VARIABLE, None)
     for run in FORKED.values():
         run.kill()
         if isinstance(run, ForkedRun):
@@ -1378,10 +1383,10 @@ class MistakeTests(TinyDataTestCase):
                  "text.pt": b"these are my notes, not weights\n"}
         for name, data in files.items():
             (self.tmp / name).write_bytes(data)
-        torch.save(good["state_dict"], self.tmp / "weights_only.pt")
+        torch.save({"epochs": 3, "lr": 0.003}, self.tmp / "settings.pt")
         torch.save(wrong_shape, self.tmp / "other_shape.pt")
         cases = {"empty.pt": "empty, truncated", "truncated.pt": "empty, truncated", "text.pt": "empty, truncated",
-                 "weights_only.pt": "not a checkpoint of these scripts", "other_shape.pt": "another shape"}
+                 "settings.pt": "not a checkpoint of these scripts", "other_shape.pt": "another shape"}
         for name, phrase in cases.items():
             with self.subTest(name):
                 self.assert_refused(inference, ["--checkpoint", self.tmp / name], phrase)
@@ -1645,6 +1650,324 @@ class OutputTests(TinyDataTestCase):
             self.assertIs(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
         finally:
             signal.signal(signal.SIGHUP, previous)
+
+
+# ----------------------------------------------------------------------------- the learner's world: notebook, launcher, data
+
+class Tutorial:
+    """The notebook's own code, copied from it unchanged, to save a network as a learner does."""
+
+    class FashionNeuralNetwork(nn.Module):
+        '''
+        This Neural Network will use ReLU as the non-linear activation function, and
+        use log-softmax activation for the output and negative log likelihood function
+        for our loss function.
+        '''
+        def __init__(self):
+            # Call the super initializor to register all of the layers implemented here
+            super().__init__()
+            # Create layers here
+            self.layer_input = nn.Linear(784,256)
+            self.layer_hidden_one = nn.Linear(256,128)
+            self.layer_hidden_two = nn.Linear(128,64)
+            self.layer_output = nn.Linear(64,10)
+        def forward(self, x):
+            # Flattened the input to make sure it fits the layer input
+            x = x.view(x.shape[0],-1)
+            # Pass in the input to the layer and do forward propagation
+            x = F.relu(self.layer_input(x))
+            x = F.relu(self.layer_hidden_one(x))
+            x = F.relu(self.layer_hidden_two(x))
+            # Dimension = 1, to get the sum of the output across the output row matrix
+            x = F.log_softmax(self.layer_output(x),dim=1)
+            return x
+
+    class Network(nn.Module):
+        """Udacity's Part 6 network (fc_model.Network): other layer names, so another network."""
+        def __init__(self, input_size, output_size, hidden_layers, drop_p=0.5):
+            super().__init__()
+            self.hidden_layers = nn.ModuleList([nn.Linear(input_size, hidden_layers[0])])
+            layer_sizes = zip(hidden_layers[:-1], hidden_layers[1:])
+            self.hidden_layers.extend([nn.Linear(h1, h2) for h1, h2 in layer_sizes])
+            self.output = nn.Linear(hidden_layers[-1], output_size)
+            self.dropout = nn.Dropout(p=drop_p)
+
+
+class NotebookNetworkTests(TinyDataTestCase):
+    def train_as_the_notebook_does(self):
+        """The notebook's data and training cells (one channel, as today's torchvision needs), two
+        epochs on the tiny data set: the trained model."""
+        self.load()                          # the tiny files in place, where the notebook downloads
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        traindataset = datasets.FashionMNIST(self.data_dir, download=False, train=True, transform=transform)
+        trainloader = torch.utils.data.DataLoader(dataset=traindataset, batch_size=64, shuffle=True)
+        torch.manual_seed(0)
+        model = Tutorial.FashionNeuralNetwork()
+        loss_function = nn.NLLLoss()
+        optimizer = optim.Adam(model.parameters(), lr=0.003)
+        for i in range(2):
+            for images, labels in trainloader:
+                optimizer.zero_grad()
+                log_ps = model(images)
+                loss = loss_function(log_ps, labels)
+                loss.backward()
+                optimizer.step()
+        return model
+
+    def test_04_shows_the_network_the_notebook_trained_and_saved(self):
+        model = self.train_as_the_notebook_does()
+        images, labels = self.load()[1].dataset.tensors
+        with torch.no_grad():
+            right = (model.eval()(images).argmax(dim=1) == labels).sum().item()
+        torch.save(model.state_dict(), self.tmp / "checkpoint.pth")         # Part 6's line
+        torch.save({"input_size": 784, "output_size": 10, "hidden_layers": [256, 128, 64],
+                    "state_dict": model.state_dict()}, self.tmp / "part6.pth")   # Part 6's dict
+        for name in ("checkpoint.pth", "part6.pth"):
+            with self.subTest(name):
+                status, out, err = run_main(inference, *self.paths(), "--checkpoint", self.tmp / name)
+                self.assertEqual(status, 0, err)
+                self.assertIn("the tutorial's network, saved elsewhere", out)
+                self.assertIn("its dropout and epoch are unknown", out)
+                self.assertIn(f"({right} of {N_TEST} images)", out)        # the notebook's own network
+                self.assertTrue(is_png(self.out_dir / "inference.png"))
+
+    def test_a_whole_pickled_model_is_refused_with_the_line_that_saves_its_weights(self):
+        model = Tutorial.FashionNeuralNetwork()
+        torch.save(model, self.tmp / "model.pth")
+        self.assertIsInstance(torch.load(self.tmp / "model.pth", weights_only=False), nn.Module)   # it is one
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "model.pth"], "holds a whole pickled model",
+                                  "torch.save(model.state_dict(), 'checkpoint.pth')")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertNotIn("train again", err)
+        self.assertNotIn("empty, truncated", err)
+
+    def test_another_networks_weights_are_named_with_what_was_expected(self):
+        part6 = Tutorial.Network(784, 10, [512, 256, 128])
+        torch.save({"input_size": 784, "output_size": 10, "hidden_layers": [512, 256, 128],
+                    "state_dict": part6.state_dict()}, self.tmp / "fc_model.pth")
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "fc_model.pth"], "another network",
+                                  "hidden_layers.0.weight", "output.bias", "layer_input.weight", "layer_output.bias")
+        self.assertNotIn("train again", err)
+        nan = {k: torch.full_like(v, math.nan) for k, v in Tutorial.FashionNeuralNetwork().state_dict().items()}
+        torch.save(nan, self.tmp / "nan.pth")        # ours in shape, but its training blew up elsewhere
+        err = self.assert_refused(inference, ["--checkpoint", self.tmp / "nan.pth"], "not numbers")
+        self.assertNotIn("train again", err)
+
+
+class LauncherTests(TinyDataTestCase):
+    def test_a_notebooks_mplbackend_that_is_not_installed_is_not_needed(self):
+        # A Jupyter kernel sets MPLBACKEND for its children; here matplotlib_inline is made absent
+        # by hiding the entry point that registers it, as in an environment that lacks it.
+        driver = """if True:
+            import importlib.metadata, os, runpy, sys
+            entry_points = importlib.metadata.entry_points
+            importlib.metadata.entry_points = lambda **kw: (
+                () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
+            sys.argv = sys.argv[1:]
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            finally:
+                print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
+        """
+        backend = "module://matplotlib_inline.backend_inline"
+        result = subprocess.run([sys.executable, "-c", driver, str(HERE / "01_data.py"), *map(str, self.paths())],
+                                cwd=HERE, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "MPLBACKEND": backend, "OMP_NUM_THREADS": "1"})
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertTrue(is_png(self.out_dir / "samples.png"))
+        self.assertIn(f"MPLBACKEND after: {backend}", result.stdout)       # the environment as it was
+
+    def test_output_that_cannot_be_encoded_is_escaped(self):
+        out_dir = self.tmp / "выход 输出"                   # a learner's folder, on an ASCII console
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+            with self.assertRaises(SystemExit) as stop:
+                cli.run_script(lambda: data_step.main([*map(str, self.paths()), "--out-dir", str(out_dir)]))
+        self.assertEqual(stop.exception.code, 0)
+        stdout.flush()
+        self.assertIn(f"Wrote {out_dir / 'samples.png'}".encode("ascii", "backslashreplace"),
+                      stdout.buffer.getvalue())
+        self.assertEqual(stdout.errors, "strict")                          # the stream as it was
+
+    def test_run_as_percent_run_runs_it_the_hosts_signal_handlers_stay_however_it_ends(self):
+        def host(signum, frame):
+            pass
+
+        saved = {s: signal.signal(s, host) for s in (signal.SIGTERM, signal.SIGHUP)}
+        self.addCleanup(lambda: [signal.signal(s, h) for s, h in saved.items()])
+        self.addCleanup(setattr, sys, "argv", sys.argv)
+        (self.tmp / "a-file").write_text("")
+        endings = {"success": ([], None), "--help": (["--help"], None),
+                   "a sentence": (["--data-dir", self.tmp / "a-file"], None),
+                   "Ctrl-C": ([], KeyboardInterrupt()), "a bug": ([], ZeroDivisionError())}
+        for ending, (args, raised) in endings.items():
+            with self.subTest(ending), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()), \
+                    mock.patch.object(common, "load_datasets", side_effect=raised, wraps=common.load_datasets):
+                sys.argv = ["01_data.py", *map(str, self.paths()), *map(str, args)]
+                with contextlib.suppress(SystemExit, ZeroDivisionError):
+                    runpy.run_path(str(HERE / "01_data.py"), run_name="__main__")     # as %run does
+                self.assertIs(signal.getsignal(signal.SIGTERM), host)
+                self.assertIs(signal.getsignal(signal.SIGHUP), host)
+
+
+class CountedImagesTests(unittest.TestCase):
+    """train() divides by the images it saw, whatever the loader leaves out."""
+
+    def test_the_loop_counts_the_images_of_a_sampler_and_of_drop_last(self):
+        torch.manual_seed(0)
+        images, labels = torch.rand(300, 1, 28, 28), torch.randint(0, 10, (300,))
+        dataset = torch.utils.data.TensorDataset(images, labels)
+        model = FashionNeuralNetwork()
+        with torch.no_grad():
+            log_ps = model(images)
+        loss, right = F.nll_loss(log_ps, labels, reduction="none"), log_ps.argmax(dim=1) == labels
+
+        def one_epoch(trainloader, testloader):           # with lr=0 the weights stay: a hand count
+            with contextlib.redirect_stdout(io.StringIO()):
+                run = common.train(model, trainloader, testloader, nn.NLLLoss(),
+                                   optim.SGD(model.parameters(), lr=0.0), 1, torch.device("cpu"))
+            return run.train_losses[0], run.test_losses[0], run.accuracies[0]
+
+        # Udacity's validation split: two SubsetRandomSamplers over the training set
+        order = torch.randperm(300).tolist()
+        train_idx, valid_idx = order[60:], order[:60]
+        trainloader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=SubsetRandomSampler(train_idx))
+        validloader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=SubsetRandomSampler(valid_idx))
+        train_loss, valid_loss, accuracy = one_epoch(trainloader, validloader)
+        self.assertAlmostEqual(train_loss, loss[train_idx].mean().item(), places=5)
+        self.assertAlmostEqual(valid_loss, loss[valid_idx].mean().item(), places=5)
+        self.assertAlmostEqual(accuracy, right[valid_idx].float().mean().item(), places=6)
+        # drop_last: 4 batches of 64 in order, the last 44 images left out
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, drop_last=True)
+        train_loss, test_loss, accuracy = one_epoch(loader, loader)
+        self.assertAlmostEqual(train_loss, loss[:256].mean().item(), places=5)
+        self.assertAlmostEqual(test_loss, loss[:256].mean().item(), places=5)
+        self.assertAlmostEqual(accuracy, right[:256].float().mean().item(), places=6)
+
+
+class DataIdentityTests(TinyDataTestCase):
+    """The data trained on is Fashion-MNIST itself, and the copy named."""
+
+    def raw(self, name="train-images-idx3-ubyte"):
+        return self.data_dir / "FashionMNIST" / "raw" / name
+
+    def as_if_full_size(self):
+        """The tiny data set taken for the whole one: its counts and digests in the tables."""
+        tiny = {name: hashlib.sha256(gzip.decompress((self.source / f"{name}.gz").read_bytes())).hexdigest()
+                for name in datafiles.RAW_FILES}
+        counts = {name: (magic, N_TRAIN if name.startswith("train") else N_TEST)
+                  for name, (magic, _) in datafiles.RAW_FILES.items()}
+        for patch in (mock.patch.dict(datafiles.SHA256, tiny), mock.patch.dict(datafiles.RAW_FILES, counts),
+                      mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"})):
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def test_another_data_sets_files_under_fashion_mnists_names_are_refused(self):
+        # MNIST-like: a digit "1" (a bright vertical stroke) on black, at Fashion-MNIST's full size.
+        mnist = self.tmp / "mnist"
+        mnist.mkdir()
+        for split, n in (("train", 60000), ("t10k", 10000)):
+            images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+            images[:, 4:24, 13:15] = 255
+            (mnist / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+            (mnist / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(torch.ones(n, dtype=torch.uint8)))
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(mnist)}):
+            err = self.assert_refused(data_step, [], f"the local copy {mnist / 'train-images-idx3-ubyte'} holds "
+                                      "60000 images that are not Fashion-MNIST's own training images")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertFalse(self.raw().exists())
+        self.assertEqual(leftovers(self.data_dir), [])
+
+    def test_the_other_splits_file_is_named_and_replaced_by_its_own(self):
+        self.as_if_full_size()
+        self.load()
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):      # the test set in the training set's place
+            self.raw(f"train-{kind}").write_bytes(self.raw(f"t10k-{kind}").read_bytes())
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            trainloader, testloader = common.load_data(self.data_dir, download=False)
+        self.assertIn(f"{self.raw()} holds Fashion-MNIST's test images, not its training images; fetching it again",
+                      out.getvalue())
+        self.assertEqual(len(trainloader.dataset), N_TRAIN)                # the training set, not the test set
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp)}):      # and with no copy at hand
+            self.raw().write_bytes(self.raw("t10k-images-idx3-ubyte").read_bytes())
+            self.assert_refused(data_step, [], f"{self.raw()} holds Fashion-MNIST's test images, not its training "
+                                "images: delete it")
+
+    @unittest.skipUnless(REAL_DATA, "the real data set is not installed")
+    def test_the_real_test_split_in_the_training_splits_place_is_named_and_replaced(self):
+        raw = self.raw().parent
+        raw.mkdir(parents=True)
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            raw.joinpath(f"train-{kind}").write_bytes(
+                gzip.decompress((datafiles.SYSTEM_COPY / f"t10k-{kind}.gz").read_bytes()))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": ""}):
+            os.environ.pop("FASHION_MNIST_DIR")
+            traindataset, testdataset = common.load_datasets(self.data_dir, download=False)
+        self.assertIn("holds Fashion-MNIST's test images, not its training images; fetching it again", out.getvalue())
+        self.assertEqual((len(traindataset), len(testdataset)), (60000, 10000))
+
+    def test_a_subset_is_used_only_where_the_variable_says_so(self):
+        with mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"}):
+            self.assert_refused(data_step, [], f"holds only {N_TRAIN} of the 60000 training images of Fashion-MNIST",
+                                "replace that file")
+        status, out, err = run_main(data_step, *self.paths())
+        self.assertEqual(status, 0, err)
+
+    def test_training_and_test_images_may_not_be_the_same_images(self):
+        copy = self.tmp / "copy"
+        write_fake_fashion_mnist(copy)
+        images, labels = self.splits["train"]
+        for name, tensor in (("t10k-images-idx3-ubyte", images[:N_TEST]), ("t10k-labels-idx1-ubyte", labels[:N_TEST])):
+            (copy / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(tensor)))
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(copy)}):
+            self.assert_refused(data_step, [], "are the same images", f"{N_TEST} of the {N_TEST} test images are "
+                                "training images too")
+
+    def test_the_digests_are_checked_once_and_again_when_a_file_changes(self):
+        self.as_if_full_size()
+        with mock.patch.object(datafiles, "_which_file", wraps=datafiles._which_file) as hashed:
+            self.load()
+            self.assertEqual(hashed.call_count, 4)                             # each file as it is unpacked
+            hashed.reset_mock()
+            self.load()
+            self.assertEqual(hashed.call_count, 0)                             # unchanged since: not read again
+            path = self.raw("t10k-labels-idx1-ubyte")
+            data = bytearray(path.read_bytes())
+            data[-1] = (data[-1] + 1) % 10                                     # one label changed, size and all
+            path.write_bytes(bytes(data))
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                common.load_data(self.data_dir, download=False)
+            self.assertEqual(hashed.call_count, 2)                             # that file, and its fresh copy
+            self.assertIn(f"{path} holds {N_TEST} labels that are not Fashion-MNIST's own test labels", out.getvalue())
+
+    def test_a_data_dir_inside_the_data_is_understood_and_nothing_is_made_inside_the_data(self):
+        self.load()
+        raw = self.raw().parent
+        for folder in (raw, raw.parent):
+            with self.subTest(folder.name):
+                status, out, err = run_main(data_step, "--data-dir", folder, "--out-dir", self.out_dir, "--no-download")
+                self.assertEqual(status, 0, err)
+                self.assertIn(f"Reading {folder} as the data set's {folder.name} folder: --data-dir {self.data_dir}",
+                              out)
+                self.assertEqual([p for p in raw.parent.rglob("*") if p.is_dir()], [raw])   # no FashionMNIST inside
+        before = sorted(self.source.rglob("*"))
+        err = self.assert_refused(data_step, ["--data-dir", self.source], f"--data-dir {self.source} holds "
+                                  "Fashion-MNIST's files itself", f"FASHION_MNIST_DIR={self.source}")
+        self.assertEqual(sorted(self.source.rglob("*")), before)                  # no folder made inside it
+
+    def test_a_processed_folder_that_holds_other_images_than_the_raw_files_is_named(self):
+        self.load()
+        processed = self.data_dir / "FashionMNIST" / "processed"
+        processed.mkdir()
+        images, labels = self.splits["t10k"]
+        for name in ("training.pt", "test.pt"):             # as an older torchvision wrote them, but the test set
+            torch.save((images.clone(), labels.long()), processed / name)
+        self.assert_refused(data_step, [], f"the train split that torchvision read from {processed} is not what",
+                            f"delete {processed}")
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one

@@ -7,5 +7,30 @@
     datafiles  finding, checking and unpacking the four Fashion-MNIST files
     photo      preparing a learner's own photo for 04_inference.py --image
 
-Imports run one way: the lesson imports these modules; none of them imports the lesson.
+Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
+script imports plumbing before matplotlib, which then imports whatever MPLBACKEND a launcher sets.
 """
+import os
+import sys
+
+
+# The scripts draw into files only: they need no backend of matplotlib's. But a notebook's kernel
+# names its own in MPLBACKEND for every program it starts (!python 01_data.py), and where that
+# backend is not installed, matplotlib refuses to import at all. So each script imports plumbing
+# first, and plumbing imports matplotlib without that name.
+def _import_matplotlib_without_mplbackend():
+    """Import matplotlib with MPLBACKEND unset, then give the name back: to the environment, and to
+    matplotlib where it knows that backend, as matplotlib itself would have read it."""
+    backend = os.environ.pop("MPLBACKEND")
+    try:
+        import matplotlib
+    finally:
+        os.environ["MPLBACKEND"] = backend
+    try:
+        matplotlib.rcParams["backend"] = backend
+    except ValueError:                   # a backend this matplotlib does not know: none is needed
+        pass
+
+
+if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):
+    _import_matplotlib_without_mplbackend()

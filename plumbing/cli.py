@@ -2,8 +2,9 @@
 an exit status.
 
 Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely (its finished epochs
-saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; a bad flag value is
-refused in the parser's voice, saying the range it takes.
+saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; output the console cannot
+encode is escaped; run under %run, a script leaves the host's signal handlers as it found them;
+a bad flag value is refused in the parser's voice, saying the range it takes.
 """
 import argparse
 import math
@@ -54,10 +55,48 @@ def _silence(*streams):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+# The signals run_script turns into a polite stop: SIGTERM, and SIGHUP where there is one
+_STOP_SIGNALS = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
+
+
 def run_script(main):
     """Run a script's main() for the command line: its return value is the exit status. Ctrl-C,
     SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
     path and a failed write end in one sentence."""
+    # Under %run or runpy.run_path, the host goes on after the script: its signal handlers and its
+    # streams' error handlers are put back as they were, however the script ends.
+    handlers = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    escaping = {s: _escape_what_cannot_be_encoded(s) for s in (sys.stdout, sys.stderr)}
+    sums = os.environ.get("MKL_CBWR")                # threads.strict_sums sets it for this run
+    try:
+        _run(main)
+    finally:
+        if sums is None:
+            os.environ.pop("MKL_CBWR", None)
+        else:
+            os.environ["MKL_CBWR"] = sums
+        for signum, handler in handlers.items():
+            if handler is not None:              # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
+        for stream, previous in escaping.items():
+            if previous:
+                with suppress(OSError, ValueError):
+                    stream.reconfigure(errors=previous)
+
+
+def _escape_what_cannot_be_encoded(stream):
+    """Make `stream` write what its encoding cannot (a non-Latin path on an ASCII or Windows
+    console) as backslash escapes, not fail; return its error handler before, or None."""
+    previous = getattr(stream, "errors", None)
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (AttributeError, OSError, ValueError):        # not a text file, or one already closed
+        return None
+    return previous
+
+
+def _run(main):
+    """run_script's work: main() run, its end turned into an exit status."""
     signal.signal(signal.SIGTERM, _terminate)
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored

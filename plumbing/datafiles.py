@@ -2,20 +2,24 @@
 
 Keeps safe: what the network is trained on. The files come from the raw folder, a local copy
 ($FASHION_MNIST_DIR or Debian's dataset-fashion-mnist) or torchvision's download, in that order;
-each is checked against its IDX header and Fashion-MNIST's size before it is used, so a broken
-copy is named or fetched again, never trained on, and nothing larger than the data set is ever
-unpacked. What torchvision then makes of them is checked too.
+each is checked against its IDX header, Fashion-MNIST's size and the SHA-256 of the data set's own
+file before it is used, so a broken copy, another data set's files or the other split's are named
+or fetched again, never trained on, and nothing larger than the data set is ever unpacked. What
+torchvision then makes of them is checked too.
 """
 import gzip
+import hashlib
+import json
 import math
 import os
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 from torchvision import datasets
 
+from plumbing.cli import DEFAULT_DATA_DIR
 from plumbing.errors import WriteError, fail
 from plumbing.saving import atomic_write
 
@@ -26,6 +30,21 @@ SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")       # Debian's dataset
 RAW_FILES = {"train-images-idx3-ubyte": (0x0803, 60000), "train-labels-idx1-ubyte": (0x0801, 60000),
              "t10k-images-idx3-ubyte": (0x0803, 10000), "t10k-labels-idx1-ubyte": (0x0801, 10000)}
 N_CLASSES = len(datasets.FashionMNIST.classes)
+# The SHA-256 of each file, unpacked: the same for torchvision's download and for Debian's package
+# (whose .gz files differ from torchvision's, but unpack to these bytes). A full-size file must be
+# one of these: another data set's files under these names, or the other split's, are not.
+SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# Files with fewer items than Fashion-MNIST's have no digest to match: they are used only where
+# this variable is 1, as the test suite sets it for its tiny data set (docs/testing.md).
+SUBSET_VARIABLE = "FASHION_MNIST_SUBSET"
+# Beside the raw files: the size and times of each file whose digest was checked, so that an
+# unchanged file is not read and checked again on every run.
+CHECKED = ".sha256-checked.json"
 
 
 def ensure_raw_files(data_dir, download=True):
@@ -38,17 +57,20 @@ def ensure_raw_files(data_dir, download=True):
     if Path(data_dir).expanduser().is_file():
         fail(f"--data-dir {data_dir} is a file, not a folder: pass the folder that holds, or is "
              "to hold, FashionMNIST/raw/.")
-    raw = Path(data_dir).expanduser() / "FashionMNIST" / "raw"
-    needed = {name: problem for name in RAW_FILES if (problem := idx_problem(raw / name))}
+    root = data_root(data_dir)
+    raw = root / "FashionMNIST" / "raw"
+    checked = _read_checked(raw)      # the files unchanged since their digest was checked
+    needed = {name: problem for name in RAW_FILES
+              if name not in checked and (problem := idx_problem(raw / name))}
     if not needed:
-        return raw.parent.parent
+        return _checked_root(raw)
     try:
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create {raw} ({e.strerror}): pass a folder you can write to with --data-dir.")
     for name, problem in list(needed.items()):
         if problem != "missing":
-            print(f"{raw / name} is damaged ({problem}); fetching it again.")
+            print(f"{_file_and(raw / name, problem)}; fetching it again.")
         for folder in [raw] + local_copies():
             source = next((p for p in (folder / f"{name}.gz", folder / name)
                            if p.is_file() and p != raw / name), None)
@@ -60,23 +82,23 @@ def ensure_raw_files(data_dir, download=True):
                 del needed[name]
                 break
             if folder == raw:
-                fail(f"{source} is damaged ({bad}): delete it and run again to fetch a fresh copy.")
+                fail(f"{_file_and(source, bad)}: delete it and run again to fetch a fresh copy.")
             fix = ("replace that file" if os.environ.get("FASHION_MNIST_DIR")
                    else "reinstall dataset-fashion-mnist")
-            fail(f"the local copy {source} is damaged ({bad}): {fix}.")
+            fail(f"the local copy {_file_and(source, bad)}: {fix}.")
     why = "--no-download was given"
     if needed and download:
         for name in needed:
             (raw / name).unlink(missing_ok=True)
         try:
-            datasets.FashionMNIST(Path(data_dir).expanduser(), download=True)
+            datasets.FashionMNIST(root, download=True)
         except Exception as e:      # any failure means "no download"; its last line says why
             why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
         needed = {name: problem for name in needed if (problem := idx_problem(raw / name))}
     if needed:
         name = next(iter(needed))
         if needed[name] != "missing":
-            fail(f"{raw / name} is damaged ({needed[name]}): delete it and run again to fetch a "
+            fail(f"{_file_and(raw / name, needed[name])}: delete it and run again to fetch a "
                  "fresh copy.")
         env = os.environ.get("FASHION_MNIST_DIR")
         if env:
@@ -87,7 +109,75 @@ def ensure_raw_files(data_dir, download=True):
              f"or install Debian's package (apt-get install dataset-fashion-mnist), or put the "
              f"four *-ubyte.gz files in {raw} or in a folder named by FASHION_MNIST_DIR{env or ''}."
              f"\nThe download failed: {why}")
+    return _checked_root(raw)
+
+
+def data_root(data_dir):
+    """The torchvision root that --data-dir names: the folder itself, or, for the data set's own
+    FashionMNIST or FashionMNIST/raw folder, the folder above it. No folder is made in the data."""
+    folder = Path(data_dir).expanduser()
+    if folder.name == "raw" and folder.parent.name == "FashionMNIST":
+        root = folder.parent.parent
+    elif folder.name == "FashionMNIST":
+        root = folder.parent
+    elif any((folder / f"{name}{gz}").is_file() for name in RAW_FILES for gz in ("", ".gz")):
+        fail(f"--data-dir {data_dir} holds Fashion-MNIST's files itself, where the scripts need "
+             "the folder above FashionMNIST/raw/ and make no folder inside yours: use these files "
+             f"as a local copy, with FASHION_MNIST_DIR={folder} and no --data-dir (they are "
+             f"checked and unpacked into {DEFAULT_DATA_DIR}FashionMNIST/raw/).")
+    else:
+        return folder
+    print(f"Reading {folder} as the data set's {folder.name} folder: --data-dir {root}")
+    return root
+
+
+def _checked_root(raw):
+    """raw's root, once its four files are sound: the splits hold no image in common, and each
+    file whose digest was checked is remembered as checked."""
+    if not all(_is_full(raw / f"{split}-images-idx3-ubyte") for split in ("train", "t10k")):
+        shared, tested = _shared_images(raw)
+        if shared:
+            fail(f"the training and test images in {raw} are the same images ({shared} of the "
+                 f"{tested} test images are training images too), so testing would measure what "
+                 "the network memorised: delete these files and run again to fetch a fresh copy.")
+    checked = {name: _identity(raw / name) for name in RAW_FILES if _is_full(raw / name)}
+    if checked != _read_checked(raw):
+        with suppress(WriteError):          # a folder that is not ours to write: checked each run
+            with atomic_write(raw / CHECKED) as f:
+                f.write(json.dumps(checked).encode())
     return raw.parent.parent
+
+
+def _is_full(path):
+    """Whether a sound raw file is full-size: then its digest was checked, and matched."""
+    return path.stat().st_size == _full_size(path.name)
+
+
+def _identity(path):
+    """What changes when a file does: its size, modification and change times, and inode."""
+    with suppress(OSError):
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return None
+
+
+def _read_checked(raw):
+    """The files in `raw` whose digest was checked and that have not changed since, with their
+    identity then."""
+    with suppress(OSError, ValueError):
+        checked = json.loads((raw / CHECKED).read_bytes())
+        if isinstance(checked, dict):
+            return {name: checked[name] for name in RAW_FILES
+                    if checked.get(name) is not None and checked[name] == _identity(raw / name)}
+    return {}
+
+
+def _shared_images(raw):
+    """How many test images are training images too, of how many (Fashion-MNIST's: 0 of 10000)."""
+    train, test = ((raw / f"{split}-images-idx3-ubyte").read_bytes()[16:]
+                   for split in ("train", "t10k"))
+    seen = {train[i:i + 784] for i in range(0, len(train), 784)}
+    return sum(test[i:i + 784] in seen for i in range(0, len(test), 784)), len(test) // 784
 
 
 def _fix(root):
@@ -129,6 +219,14 @@ def check_split(split, root):
         fail(f"the {name} split holds {len(images)} images but {len(labels)} labels: {_fix(root)}.")
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= N_CLASSES:
         fail(f"the {name} split holds no images, or a label outside 0 to 9: {_fix(root)}.")
+    processed, raw = root / "FashionMNIST" / "processed", root / "FashionMNIST" / "raw"
+    if all((processed / n).is_file() for n in ("training.pt", "test.pt")):   # read, not raw/
+        if images.numpy().tobytes() != (raw / f"{name}-images-idx3-ubyte").read_bytes()[16:] \
+                or labels.to(torch.uint8).numpy().tobytes() != \
+                (raw / f"{name}-labels-idx1-ubyte").read_bytes()[8:]:
+            fail(f"the {name} split that torchvision read from {processed} is not what the files "
+                 f"in {raw} hold: delete {processed}, which an older torchvision wrote, and run "
+                 "again.")
 
 
 def local_copies():
@@ -139,11 +237,17 @@ def local_copies():
 
 def idx_problem(path, name=None):
     """Why an IDX file of Fashion-MNIST (named `name`, by default its own name) is unusable, or
-    None when sound: its header, its size, and for labels, each label from 0 to 9."""
+    None when sound: a full-size file must be the data set's own (its SHA-256); another, its
+    header, its size, its labels from 0 to 9, and fewer items only where SUBSET_VARIABLE allows."""
     path = Path(path)
     if not path.is_file():
         return "missing"
     name = name or path.name
+    held = _which_file(path)
+    if held == name:
+        return None
+    if held:
+        return f"holds Fashion-MNIST's {_what(held)}, not its {_what(name)}"
     with open(path, "rb") as f:
         header = f.read(4 + 4 * (RAW_FILES[name][0] & 0xFF))
         problem = _header_problem(header, name)
@@ -154,7 +258,44 @@ def idx_problem(path, name=None):
             return f"{size} bytes where its header promises {expected}"
         if name.endswith("labels-idx1-ubyte") and max(f.read()) >= N_CLASSES:
             return "it holds a label above 9"
+    count, full = int.from_bytes(header[4:8], "big"), RAW_FILES[name][1]
+    if count == full:
+        return (f"holds {count} {_what(name).split()[-1]} that are not Fashion-MNIST's own "
+                f"{_what(name)} (another data set's, such as MNIST's digits, or altered ones: "
+                "their SHA-256 is not the data set's)")
+    if os.environ.get(SUBSET_VARIABLE) != "1":
+        return f"holds only {count} of the {full} {_what(name)} of Fashion-MNIST"
     return None
+
+
+def _which_file(path):
+    """The name of the Fashion-MNIST file whose contents `path` holds, byte for byte, or None.
+    Only a file of one of their sizes is read and hashed."""
+    if path.stat().st_size not in {_full_size(name) for name in RAW_FILES}:
+        return None
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2 ** 20):
+            sha256.update(block)
+    return next((name for name, digest in SHA256.items() if digest == sha256.hexdigest()), None)
+
+
+def _full_size(name):
+    """The size in bytes of Fashion-MNIST's own file `name`."""
+    magic, count = RAW_FILES[name]
+    return 4 + 4 * (magic & 0xFF) + count * (784 if magic & 0xFF == 3 else 1)
+
+
+def _what(name):
+    """What file `name` holds, in words: "training images", "test labels"."""
+    split, kind = name.split("-")[:2]
+    return f"{'training' if split == 'train' else 'test'} {kind}"
+
+
+def _file_and(path, problem):
+    """A file and its problem, as a sentence's start: "PATH is damaged (why)", or, for a whole
+    file that is not the one named, "PATH holds ..."."""
+    return f"{path} {problem}" if problem.startswith("holds ") else f"{path} is damaged ({problem})"
 
 
 def _header_problem(data, name):
@@ -182,14 +323,16 @@ def _idx_size(data, name):
 
 def _unpack(source, target):
     """Copy (or gunzip) one IDX file into place atomically; return why the source is bad or None."""
-    magic, most = RAW_FILES[target.name]
-    limit = 4 + 4 * (magic & 0xFF) + most * (784 if magic & 0xFF == 3 else 1)
+    limit = _full_size(target.name)
+    # No more than the data set's largest file of this kind: the other split's is recognised.
+    kind = RAW_FILES[target.name][0]
+    most = max(_full_size(name) for name, (magic, _) in RAW_FILES.items() if magic == kind)
     try:
         with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as src:
-            data = src.read(limit + 1)          # no more than the data set's own size
+            data = src.read(most + 1)
     except (OSError, EOFError, zlib.error) as e:
         return f"cannot be unpacked: {e}"
-    if len(data) > limit:
+    if len(data) > most:
         return (_header_problem(data, target.name)
                 or f"it unpacks to more than the {limit} bytes this file has in Fashion-MNIST")
     try:

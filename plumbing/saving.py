@@ -7,6 +7,7 @@ never half of one; what is read back (a history, a checkpoint) is checked before
 import json
 import os
 import pickle
+import pickletools
 import shutil
 import tempfile
 import zipfile
@@ -169,10 +170,10 @@ def load_checkpoint(path, network, device):
 
 def read_checkpoint(path, network, device):
     """The network of a checkpoint, a `network` (common.FashionNeuralNetwork) in eval mode, and the
-    checkpoint; BadFile unless it would give numbers: the network's shape, finite weights, a
-    dropout in [0, 1) and a whole epoch."""
+    checkpoint, or a state_dict of it saved elsewhere (dropout and epoch None); BadFile unless it
+    would give numbers: the network's shape, finite weights, a dropout in [0, 1), a whole epoch."""
     path = Path(path).expanduser()
-    redo = "train again to write a fresh one, or pass another --checkpoint"
+    another = "pass another --checkpoint"
     if not path.is_file():
         raise BadFile(f"no checkpoint at {path}: train first (python 03_dropout.py writes "
                       "dropout.pt), or pass another --checkpoint.")
@@ -183,25 +184,42 @@ def read_checkpoint(path, network, device):
             size = max(size, sum(member.file_size for member in archive.infolist()))
     if size > 50 * 2 ** 20:
         raise BadFile(f"{path} unpacks to {size // 2 ** 20} MB, where a checkpoint of this "
-                      f"network holds about 1 MB: {redo}.")
+                      f"network holds about 1 MB: {another}.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception:
-        raise BadFile(f"{path} is empty, truncated or not a PyTorch checkpoint: {redo}.") from None
-    if not (isinstance(checkpoint, dict)
-            and {"state_dict", "dropout", "epoch"} <= checkpoint.keys()):
-        raise BadFile(f"{path} is not a checkpoint of these scripts (it lacks state_dict, dropout "
-                      f"and epoch): {redo}.")
+        if _pickles_a_module(path):
+            raise BadFile(f"{path} holds a whole pickled model (torch.save(model)), which could "
+                          "run any code when loaded, so the scripts load only weights: save those "
+                          "in the notebook with torch.save(model.state_dict(), 'checkpoint.pth') "
+                          "and pass that file.") from None
+        raise BadFile(f"{path} is empty, truncated or not a PyTorch checkpoint: {another}.") \
+            from None
+    ours = isinstance(checkpoint, dict) and {"state_dict", "dropout", "epoch"} <= checkpoint.keys()
+    if not ours:
+        state = _state_dict_in(checkpoint)
+        if state is None:
+            raise BadFile(f"{path} is not a checkpoint of these scripts (it lacks state_dict, "
+                          f"dropout and epoch), nor a state_dict of weights: {another}.")
+        checkpoint = {"state_dict": state, "dropout": None, "epoch": None}     # saved elsewhere
+    redo = ("train again to write a fresh one, or pass another --checkpoint" if ours
+            else f"save the network's state_dict again, or {another}")
     dropout, epoch, state = checkpoint["dropout"], checkpoint["epoch"], checkpoint["state_dict"]
-    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
-            and 0 <= dropout < 1):
+    if ours and not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+                     and 0 <= dropout < 1):
         raise BadFile(f"{path} holds a dropout of {dropout!r}, not a probability from 0 up to 1: "
                       f"{redo}.")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+    if ours and not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
         raise BadFile(f"{path} holds an epoch of {epoch!r}, not a whole number: {redo}.")
+    expected = list(network().state_dict())
+    if isinstance(state, dict) and set(state) != set(expected):
+        raise BadFile(f"{path} holds the weights of another network: its state_dict has "
+                      f"{_some(state)}, where the tutorial's 784-256-128-64-10 network has "
+                      f"{_some(expected)}; pass a state_dict of that network, or another "
+                      "--checkpoint.")
     try:
-        model = network(dropout=dropout)
+        model = network(dropout=dropout or 0.0)          # dropout acts in train mode only
         model.load_state_dict(state)
     except Exception:
         raise BadFile(f"{path} holds a network of another shape than 784-256-128-64-10: "
@@ -217,3 +235,32 @@ def read_checkpoint(path, network, device):
     return model.to(device).eval(), checkpoint
 
 
+def _state_dict_in(obj):
+    """The state_dict (names -> tensors) that `obj` is, or holds under "state_dict" as Udacity's
+    Part 6 saves one; None when it is neither."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in obj.items()):
+        return obj
+    return None
+
+
+def _some(keys, most=8):
+    """The keys of a state_dict, named: the first `most` of them."""
+    keys = list(keys)
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return f"the keys {', '.join(keys[:most])}{more}"
+
+
+def _pickles_a_module(path):
+    """Whether a torch.save file holds a whole nn.Module (torch.save(model)): its pickle names a
+    module's own attributes, _parameters and _modules. The pickle is read, never run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickle_name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            names = {arg for op, arg, _ in pickletools.genops(archive.read(pickle_name))
+                     if isinstance(arg, str)}
+    except Exception:                    # not a zip, no pickle in it, a pickle that is not whole
+        return False
+    return {"_parameters", "_modules"} <= names
