@@ -18,6 +18,7 @@ import os
 import re
 import runpy
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -1114,7 +1115,8 @@ class MistakeTests(TinyDataTestCase):
             status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
         self.assertEqual(status, 2)
         self.assertIn("connect to the internet", err.splitlines()[0])
-        self.assertEqual(err.splitlines()[1:], [f"The download failed: {reason}"])
+        self.assertEqual(len(err.splitlines()), 2, err)
+        self.assertTrue(err.splitlines()[1].startswith(f"The download failed: {reason}"), err)
 
     def test_a_disk_that_fills_up_while_saving_loses_nothing_saved_before(self):
         self.train_script(baseline)
@@ -1744,6 +1746,77 @@ class DataIdentityTests(TinyDataTestCase):
             torch.save((images.clone(), labels.long()), processed / name)
         self.assert_refused(data_step, [], f"the train split that torchvision read from {processed} is not what",
                             f"delete {processed}")
+
+
+class InstallTests(TinyDataTestCase):
+    def test_adam_is_fused_only_where_the_device_has_the_kernel(self):
+        # An Apple-silicon Mac, faked: --device auto picks MPS, whose fused Adam came with torch 2.5.
+        with mock.patch.object(torch.cuda, "is_available", return_value=False), \
+                mock.patch.object(torch.backends.mps, "is_available", return_value=True):
+            device = cli.get_device("auto")
+        self.assertEqual(device.type, "mps")
+        for version, mps in (("2.4.0", False), ("2.4.1", False), ("2.5.0", True), ("2.14.1", True)):
+            with self.subTest(version), mock.patch.object(torch, "__version__", version):
+                self.assertEqual(cli.fused_adam(device), mps)
+                self.assertTrue(cli.fused_adam(torch.device("cpu")))
+                self.assertTrue(cli.fused_adam(torch.device("cuda")))
+        # Where this torch says which devices it fuses, the choice is one of them.
+        if hasattr(torch.utils._foreach_utils, "_get_fused_kernels_supported_devices"):
+            fused = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
+            for name in ("cpu", "cuda", "mps"):
+                if cli.fused_adam(torch.device(name)):
+                    self.assertIn(name, fused)
+        # And the scripts ask: the optimizer is fused as the helper says.
+        made = []
+        real_adam = optim.Adam
+        with mock.patch.object(cli, "fused_adam", return_value=False) as asked, \
+                mock.patch.object(optim, "Adam", side_effect=lambda *a, **kw: made.append(kw) or real_adam(*a, **kw)):
+            self.train_script(baseline)
+        asked.assert_called_with(torch.device("cpu"))
+        self.assertEqual([kw["fused"] for kw in made], [False])
+
+    def test_a_stalled_download_gives_up_after_its_timeout_and_says_so(self):
+        server = socket.create_server(("127.0.0.1", 0))            # accepts connections, never answers
+        self.addCleanup(server.close)
+        threading.Timer(20, server.close).start()                   # without a timeout: an error, not a hang
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+                mock.patch.object(datafiles, "DOWNLOAD_TIMEOUT", 1), \
+                mock.patch.object(datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.getsockname()[1]}/"]):
+            start = time.monotonic()
+            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        self.assertEqual(status, 2, err)
+        self.assertLess(time.monotonic() - start, 15)
+        self.assertIn("timed out: the server did not answer within 1 s", err.splitlines()[1])
+        self.assertIsNone(socket.getdefaulttimeout())                 # the process's default as it was
+        self.assertEqual(list(self.raw_folder().glob("*.gz")), [])    # nothing half-downloaded left
+
+    def raw_folder(self):
+        return self.data_dir / "FashionMNIST" / "raw"
+
+    def test_a_certificate_failure_says_how_to_fix_it(self):
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
+        failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+                mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
+            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        self.assertEqual((status, err.count("\n")), (2, 2), err)
+        for phrase in (reason, 'run "Install Certificates.command"', "pip install certifi", "SSL_CERT_FILE"):
+            self.assertIn(phrase, err.splitlines()[1])
+
+    def test_requirements_min_pins_the_floors_of_requirements_txt(self):
+        def versions(pattern, name):
+            found = re.findall(pattern, (HERE / name).read_text(), re.M)
+            return {package: tuple(map(int, v.split("."))) + (0,) * (3 - v.count(".") - 1) for package, v in found}
+
+        floors = versions(r"^([\w-]+)>=([\d.]+)$", "requirements.txt")
+        pins = versions(r"^([\w-]+)==([\d.]+)$", "requirements-min.txt")
+        self.assertEqual({package: pins.get(package) for package in floors}, floors)
+        # matplotlib before 3.8.4 does not import beside NumPy 2 (measured: 3.7.5, 3.8.0 and 3.8.3 fail)
+        self.assertGreaterEqual(floors["matplotlib"], (3, 8, 4))
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one
