@@ -897,6 +897,7 @@ def setUpModule():
                                folder / "full", {"FASHION_MNIST_DIR": folder / "local-copy"},
                                stdout="/dev/full")
     FORKED["strict"] = StrictRun(folder / "strict", folder / "local-copy")
+    FORKED["notebook"] = NotebookLaunch(folder / "notebook", folder / "local-copy")
     if REAL_DATA:                              # one real epoch of the baseline, for RealDataTests
         (folder / "real").mkdir()
         FORKED["real"] = ForkedRun("02_baseline.py", ["--data-dir", folder / "real" / "data", "--out-dir",
@@ -1532,28 +1533,51 @@ class NotebookNetworkTests(TinyDataTestCase):
         self.assertNotIn("train again", err)
 
 
+class NotebookLaunch:
+    """01_data.py started by a new interpreter as a notebook's !python starts it: MPLBACKEND names the
+    kernel's backend, whose entry point is hidden here, as where matplotlib_inline is not installed.
+    Runs beside the other tests (setUpModule)."""
+
+    BACKEND = "module://matplotlib_inline.backend_inline"
+    DRIVER = """if True:
+        import importlib.metadata, os, runpy, sys
+        entry_points = importlib.metadata.entry_points
+        importlib.metadata.entry_points = lambda **kw: (
+            () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
+        sys.argv = sys.argv[1:]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        finally:
+            print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
+    """
+
+    def __init__(self, folder, local_copy):
+        folder.mkdir()
+        self.out_dir = folder / "out"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.DRIVER, str(HERE / "01_data.py"), "--data-dir", str(folder / "data"),
+             "--out-dir", str(self.out_dir), "--no-download"], cwd=HERE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "FASHION_MNIST_DIR": str(local_copy), "MPLBACKEND": self.BACKEND, "OMP_NUM_THREADS": "1"})
+
+    def start(self):
+        pass
+
+    def wait(self, timeout=300):
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out, err
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+
+
 class LauncherTests(TinyDataTestCase):
     def test_a_notebooks_mplbackend_that_is_not_installed_is_not_needed(self):
-        # A Jupyter kernel sets MPLBACKEND for its children; here matplotlib_inline is made absent
-        # by hiding the entry point that registers it, as in an environment that lacks it.
-        driver = """if True:
-            import importlib.metadata, os, runpy, sys
-            entry_points = importlib.metadata.entry_points
-            importlib.metadata.entry_points = lambda **kw: (
-                () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
-            sys.argv = sys.argv[1:]
-            try:
-                runpy.run_path(sys.argv[0], run_name="__main__")
-            finally:
-                print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
-        """
-        backend = "module://matplotlib_inline.backend_inline"
-        result = subprocess.run([sys.executable, "-c", driver, str(HERE / "01_data.py"), *map(str, self.paths())],
-                                cwd=HERE, capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "MPLBACKEND": backend, "OMP_NUM_THREADS": "1"})
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        self.assertTrue(is_png(self.out_dir / "samples.png"))
-        self.assertIn(f"MPLBACKEND after: {backend}", result.stdout)       # the environment as it was
+        status, out, err = FORKED["notebook"].wait()
+        self.assertEqual(status, 0, err[-3000:])
+        self.assertTrue(is_png(FORKED["notebook"].out_dir / "samples.png"))
+        self.assertIn(f"MPLBACKEND after: {NotebookLaunch.BACKEND}", out)      # the environment as it was
 
     def test_output_that_cannot_be_encoded_is_escaped(self):
         out_dir = self.tmp / "выход 输出"                   # a learner's folder, on an ASCII console
