@@ -63,8 +63,8 @@ def main(argv=None):
     # Use Negative Log Likelihood as our loss function. (The tutorial's text says "CrossEntropy
     # loss": NLLLoss on log_softmax's output is the cross-entropy, in two steps.)
     loss_function = nn.NLLLoss()
-    # Use ADAM optimizer; fused=True (ours) updates all weights in one kernel: same maths, faster
-    optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    # Use ADAM optimizer; fused (ours) updates all weights in one kernel, where the device has one
+    optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=cli.fused_adam(device))
     # Train the model 30 cycles: common.train() is the tutorial's loop, in its order
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)

@@ -43,8 +43,8 @@ def main(argv=None):
     # ---------------------------------------------------------------- "Now let's train this model!"
     # Use Negative Log Likelihood as our loss function
     loss_function = nn.NLLLoss()
-    # Use ADAM optimizer; fused=True (ours) updates all weights in one kernel: same maths, faster
-    optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    # Use ADAM optimizer; fused (ours) updates all weights in one kernel, where the device has one
+    optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=cli.fused_adam(device))
     # Train the model 30 cycles. common.train() is the tutorial's loop: model.eval() turns dropout
     # off to validate, or the network would be judged with some of its units missing;
     # model.train() turns it back on.

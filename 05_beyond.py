@@ -143,11 +143,12 @@ def fit(args, dropout, trainloader, valloader, validated_on, device, epochs=None
     # A mixed image's label is two probabilities, which NLLLoss cannot take. CrossEntropyLoss can;
     # its log_softmax leaves our log-probabilities as they are, so on labels it is NLLLoss.
     loss_function = nn.CrossEntropyLoss() if args.mixup else nn.NLLLoss()
+    fused = cli.fused_adam(device)     # one kernel for all the weights, where the device has one
     if args.weight_decay:       # AdamW shrinks the weights directly, beside Adam's scaled steps
         optimizer = optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                fused=True)
+                                fused=fused)
     else:
-        optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=True)
+        optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=fused)
     if args.augment != "none":
         trainloader = Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
     if args.mixup:

@@ -19,6 +19,7 @@ import os
 import re
 import runpy
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -1124,6 +1125,7 @@ def setUpModule():
                                folder / "full", {"FASHION_MNIST_DIR": folder / "local-copy"},
                                stdout="/dev/full")
     FORKED["strict"] = StrictRun(folder / "strict", folder / "local-copy")
+    FORKED["notebook"] = NotebookLaunch(folder / "notebook", folder / "local-copy")
     if REAL_DATA:                              # one real epoch of the baseline, for RealDataTests
         (folder / "real").mkdir()
         FORKED["real"] = ForkedRun("02_baseline.py", ["--data-dir", folder / "real" / "data", "--out-dir",
@@ -1342,7 +1344,8 @@ class MistakeTests(TinyDataTestCase):
             status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
         self.assertEqual(status, 2)
         self.assertIn("connect to the internet", err.splitlines()[0])
-        self.assertEqual(err.splitlines()[1:], [f"The download failed: {reason}"])
+        self.assertEqual(len(err.splitlines()), 2, err)
+        self.assertTrue(err.splitlines()[1].startswith(f"The download failed: {reason}"), err)
 
     def test_a_disk_that_fills_up_while_saving_loses_nothing_saved_before(self):
         self.train_script(baseline)
@@ -1754,28 +1757,51 @@ class NotebookNetworkTests(TinyDataTestCase):
         self.assertNotIn("train again", err)
 
 
+class NotebookLaunch:
+    """01_data.py started by a new interpreter as a notebook's !python starts it: MPLBACKEND names the
+    kernel's backend, whose entry point is hidden here, as where matplotlib_inline is not installed.
+    Runs beside the other tests (setUpModule)."""
+
+    BACKEND = "module://matplotlib_inline.backend_inline"
+    DRIVER = """if True:
+        import importlib.metadata, os, runpy, sys
+        entry_points = importlib.metadata.entry_points
+        importlib.metadata.entry_points = lambda **kw: (
+            () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
+        sys.argv = sys.argv[1:]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        finally:
+            print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
+    """
+
+    def __init__(self, folder, local_copy):
+        folder.mkdir()
+        self.out_dir = folder / "out"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.DRIVER, str(HERE / "01_data.py"), "--data-dir", str(folder / "data"),
+             "--out-dir", str(self.out_dir), "--no-download"], cwd=HERE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "FASHION_MNIST_DIR": str(local_copy), "MPLBACKEND": self.BACKEND, "OMP_NUM_THREADS": "1"})
+
+    def start(self):
+        pass
+
+    def wait(self, timeout=300):
+        out, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, out, err
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+
+
 class LauncherTests(TinyDataTestCase):
     def test_a_notebooks_mplbackend_that_is_not_installed_is_not_needed(self):
-        # A Jupyter kernel sets MPLBACKEND for its children; here matplotlib_inline is made absent
-        # by hiding the entry point that registers it, as in an environment that lacks it.
-        driver = """if True:
-            import importlib.metadata, os, runpy, sys
-            entry_points = importlib.metadata.entry_points
-            importlib.metadata.entry_points = lambda **kw: (
-                () if kw.get("group") == "matplotlib.backend" else entry_points(**kw))
-            sys.argv = sys.argv[1:]
-            try:
-                runpy.run_path(sys.argv[0], run_name="__main__")
-            finally:
-                print("MPLBACKEND after:", os.environ.get("MPLBACKEND"))
-        """
-        backend = "module://matplotlib_inline.backend_inline"
-        result = subprocess.run([sys.executable, "-c", driver, str(HERE / "01_data.py"), *map(str, self.paths())],
-                                cwd=HERE, capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "MPLBACKEND": backend, "OMP_NUM_THREADS": "1"})
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        self.assertTrue(is_png(self.out_dir / "samples.png"))
-        self.assertIn(f"MPLBACKEND after: {backend}", result.stdout)       # the environment as it was
+        status, out, err = FORKED["notebook"].wait()
+        self.assertEqual(status, 0, err[-3000:])
+        self.assertTrue(is_png(FORKED["notebook"].out_dir / "samples.png"))
+        self.assertIn(f"MPLBACKEND after: {NotebookLaunch.BACKEND}", out)      # the environment as it was
 
     def test_output_that_cannot_be_encoded_is_escaped(self):
         out_dir = self.tmp / "выход 输出"                   # a learner's folder, on an ASCII console
@@ -1968,6 +1994,77 @@ class DataIdentityTests(TinyDataTestCase):
             torch.save((images.clone(), labels.long()), processed / name)
         self.assert_refused(data_step, [], f"the train split that torchvision read from {processed} is not what",
                             f"delete {processed}")
+
+
+class InstallTests(TinyDataTestCase):
+    def test_adam_is_fused_only_where_the_device_has_the_kernel(self):
+        # An Apple-silicon Mac, faked: --device auto picks MPS, whose fused Adam came with torch 2.5.
+        with mock.patch.object(torch.cuda, "is_available", return_value=False), \
+                mock.patch.object(torch.backends.mps, "is_available", return_value=True):
+            device = cli.get_device("auto")
+        self.assertEqual(device.type, "mps")
+        for version, mps in (("2.4.0", False), ("2.4.1", False), ("2.5.0", True), ("2.14.1", True)):
+            with self.subTest(version), mock.patch.object(torch, "__version__", version):
+                self.assertEqual(cli.fused_adam(device), mps)
+                self.assertTrue(cli.fused_adam(torch.device("cpu")))
+                self.assertTrue(cli.fused_adam(torch.device("cuda")))
+        # Where this torch says which devices it fuses, the choice is one of them.
+        if hasattr(torch.utils._foreach_utils, "_get_fused_kernels_supported_devices"):
+            fused = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
+            for name in ("cpu", "cuda", "mps"):
+                if cli.fused_adam(torch.device(name)):
+                    self.assertIn(name, fused)
+        # And the scripts ask: the optimizer is fused as the helper says.
+        made = []
+        real_adam = optim.Adam
+        with mock.patch.object(cli, "fused_adam", return_value=False) as asked, \
+                mock.patch.object(optim, "Adam", side_effect=lambda *a, **kw: made.append(kw) or real_adam(*a, **kw)):
+            self.train_script(baseline)
+        asked.assert_called_with(torch.device("cpu"))
+        self.assertEqual([kw["fused"] for kw in made], [False])
+
+    def test_a_stalled_download_gives_up_after_its_timeout_and_says_so(self):
+        server = socket.create_server(("127.0.0.1", 0))            # accepts connections, never answers
+        self.addCleanup(server.close)
+        threading.Timer(20, server.close).start()                   # without a timeout: an error, not a hang
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+                mock.patch.object(datafiles, "DOWNLOAD_TIMEOUT", 1), \
+                mock.patch.object(datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.getsockname()[1]}/"]):
+            start = time.monotonic()
+            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        self.assertEqual(status, 2, err)
+        self.assertLess(time.monotonic() - start, 15)
+        self.assertIn("timed out: the server did not answer within 1 s", err.splitlines()[1])
+        self.assertIsNone(socket.getdefaulttimeout())                 # the process's default as it was
+        self.assertEqual(list(self.raw_folder().glob("*.gz")), [])    # nothing half-downloaded left
+
+    def raw_folder(self):
+        return self.data_dir / "FashionMNIST" / "raw"
+
+    def test_a_certificate_failure_says_how_to_fix_it(self):
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
+        failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
+        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+                mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
+            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        self.assertEqual((status, err.count("\n")), (2, 2), err)
+        for phrase in (reason, 'run "Install Certificates.command"', "pip install certifi", "SSL_CERT_FILE"):
+            self.assertIn(phrase, err.splitlines()[1])
+
+    def test_requirements_min_pins_the_floors_of_requirements_txt(self):
+        def versions(pattern, name):
+            found = re.findall(pattern, (HERE / name).read_text(), re.M)
+            return {package: tuple(map(int, v.split("."))) + (0,) * (3 - v.count(".") - 1) for package, v in found}
+
+        floors = versions(r"^([\w-]+)>=([\d.]+)$", "requirements.txt")
+        pins = versions(r"^([\w-]+)==([\d.]+)$", "requirements-min.txt")
+        self.assertEqual({package: pins.get(package) for package in floors}, floors)
+        # matplotlib before 3.8.4 does not import beside NumPy 2 (measured: 3.7.5, 3.8.0 and 3.8.3 fail)
+        self.assertGreaterEqual(floors["matplotlib"], (3, 8, 4))
 
 
 # ----------------------------------------------------------------------------- on a GPU, where there is one

@@ -15,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import torch
+from torch.torch_version import TorchVersion
 
 from plumbing import threads
 from plumbing.errors import WriteError, fail
@@ -197,6 +198,13 @@ def get_device(name):
         fail(f"--device {name} is not available on this machine; use --device auto or one of: "
              f"{', '.join(available)}.")
     return torch.device(name)
+
+
+def fused_adam(device):
+    """Whether optim.Adam and AdamW have a fused kernel for `device` in this torch, where
+    fused=True raises a RuntimeError without one: CUDA and the CPU from torch 2.4, MPS from 2.5."""
+    first = {"cuda": "2.4", "cpu": "2.4", "mps": "2.5"}.get(device.type)
+    return first is not None and TorchVersion(torch.__version__) >= first
 
 
 def path_arg(text):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import zlib
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -45,6 +46,7 @@ SUBSET_VARIABLE = "FASHION_MNIST_SUBSET"
 # Beside the raw files: the size and times of each file whose digest was checked, so that an
 # unchanged file is not read and checked again on every run.
 CHECKED = ".sha256-checked.json"
+DOWNLOAD_TIMEOUT = 30           # seconds without an answer before the download gives up
 
 
 def ensure_raw_files(data_dir, download=True):
@@ -91,10 +93,13 @@ def ensure_raw_files(data_dir, download=True):
         for name in needed:
             (raw / name).unlink(missing_ok=True)
         try:
-            datasets.FashionMNIST(root, download=True)
+            with _timeout(DOWNLOAD_TIMEOUT):
+                datasets.FashionMNIST(root, download=True)
         except Exception as e:      # any failure means "no download"; its last line says why
-            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            why = _why_not_downloaded(e)
         needed = {name: problem for name in needed if (problem := idx_problem(raw / name))}
+        for name in needed:         # what a failed download left half-written
+            (raw / f"{name}.gz").unlink(missing_ok=True)
     if needed:
         name = next(iter(needed))
         if needed[name] != "missing":
@@ -178,6 +183,30 @@ def _shared_images(raw):
                    for split in ("train", "t10k"))
     seen = {train[i:i + 784] for i in range(0, len(train), 784)}
     return sum(test[i:i + 784] in seen for i in range(0, len(test), 784)), len(test) // 784
+
+
+@contextmanager
+def _timeout(seconds):
+    """Sockets opened inside give up after `seconds` without an answer: torchvision sets none."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _why_not_downloaded(e):
+    """The download's own reason, its exception's last line, with what to do where it is known."""
+    why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    if "timed out" in why:
+        why += f": the server did not answer within {DOWNLOAD_TIMEOUT} s; try again later"
+    elif "CERTIFICATE_VERIFY_FAILED" in why:
+        why += ("; Python cannot check the server's certificate: on macOS, run \"Install "
+                "Certificates.command\" in the Python folder of Applications (python.org's "
+                "installer), elsewhere pip install certifi and set SSL_CERT_FILE to the path that "
+                "python -m certifi prints")
+    return why
 
 
 def _fix(root):
