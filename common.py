@@ -24,10 +24,8 @@ CLASSES = tuple(datasets.FashionMNIST.classes)
 # --------------------------------------------------------- "Define the Neural Network" (steps 2, 3)
 
 class FashionNeuralNetwork(nn.Module):
-    """The tutorial's 784-256-128-64-10 network: ReLU, log-softmax output.
-
-    Three hidden layers (256, 128, 64), where the tutorial's text says two. One class for both of
-    its networks: dropout=0 is FashionNeuralNetwork, dropout=0.2 its FashionNeuralNetworkD.
+    """The tutorial's 784-256-128-64-10 network, ReLU, log-softmax output: three hidden layers,
+    where its text says two. dropout=0 is its FashionNeuralNetwork, 0.2 its FashionNeuralNetworkD.
     """
 
     def __init__(self, dropout=0.0):
@@ -52,11 +50,9 @@ class FashionNeuralNetwork(nn.Module):
 
 def train(model, trainloader, testloader, loss_function, optimizer, epochs, device,
           validated_on="test"):
-    """The tutorial's training loop: each epoch, train on trainloader, then validate on testloader.
-
-    testloader is the test set, as in the tutorial, or held-out training images (validated_on=
-    "validation", 05_beyond.py). Ctrl-C or a loss that blows up ends the run early.
-    """
+    """The tutorial's loop: each epoch, train on trainloader, then validate on testloader (the test
+    set, as in the tutorial, or held-out training images: validated_on="validation", 05_beyond.py).
+    Ctrl-C or a loss that blows up ends the run early."""
     # Initialize two empty arrays to hold the train and test loss every cycle
     train_losses, test_losses = [], []
     accuracies, seconds, weights = [], [], {}     # ours: accuracy, seconds, the weights kept
@@ -188,9 +184,7 @@ def plot_losses(runs, title):
         ax.plot(best, run.test_losses[best - 1], "o", color=color, markersize=8,
                 markerfacecolor="none", markeredgewidth=2,
                 label=f"{prefix}lowest validation loss, epoch {best}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per image (NLL)")
-    ax.set_title(title)
+    ax.set(xlabel="epoch", ylabel="loss per image (NLL)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(frameon=True, fontsize=8)
     return fig
@@ -250,9 +244,7 @@ def print_summary(run):
 
 def view_classify(img, ps, title):
     """The tutorial's helper.view_classify: the image beside a bar chart of its 10 probabilities.
-
-    img: a normalised image with 784 values, ps: its probabilities (10 values); CPU or GPU tensors.
-    """
+    img: a normalised image with 784 values, ps: its probabilities (10 values), on any device."""
     # As NumPy arrays and lists: matplotlib takes a tensor only through a deprecated conversion.
     img, ps = img.detach().cpu().view(28, 28).numpy(), ps.detach().cpu().view(10).tolist()
     fig = Figure(figsize=(8, 3.6), layout="constrained")
@@ -262,9 +254,7 @@ def view_classify(img, ps, title):
     ax2.barh(range(10), ps, color=["tab:orange" if p == max(ps) else "tab:blue" for p in ps])
     ax2.set_yticks(range(10), CLASSES)
     ax2.invert_yaxis()                            # label 0 at the top, as in the class list
-    ax2.set_xlim(0, 1)
-    ax2.set_xlabel("probability")
-    ax2.set_title("Class probability")
+    ax2.set(xlim=(0, 1), xlabel="probability", title="Class probability")
     fig.suptitle(title)
     return fig
 
@@ -304,21 +294,15 @@ def make_loaders(traindataset, testdataset, batch_size=64):
 
 
 def normalize(data):
-    """uint8 images (N, 28, 28) -> floats (N, 1, 28, 28) in [-1, 1], once for the whole split.
-
-    The same operations, in the same order, as the tutorial's per-image
-    Compose([ToTensor(), Normalize((0.5,), (0.5,))]), so the numbers are identical.
-    """
+    """uint8 images (N, 28, 28) -> floats (N, 1, 28, 28) in [-1, 1], once for the whole split: the
+    operations of the tutorial's Compose([ToTensor(), Normalize((0.5,), (0.5,))]), in its order."""
     return data.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)
 
 
 def make_loader(images, labels, batch_size, shuffle):
-    """The tutorial's DataLoader, shuffled or not, each batch one indexing of the whole tensors.
-
-    DataLoader(dataset, batch_size=64, shuffle=True) would fetch the 64 images one by one and stack
-    them (docs/speed.md measures the difference). The same samplers give the same batches in the
-    same order.
-    """
+    """The tutorial's DataLoader, shuffled or not: the same samplers, so the same batches in the
+    same order, but each batch one indexing of the whole tensors, where DataLoader(dataset,
+    batch_size=64, shuffle=True) fetches its 64 images one by one (docs/speed.md)."""
     dataset = TensorDataset(images, labels)
     sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
