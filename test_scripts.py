@@ -1455,3 +1455,69 @@ class CudaTests(TinyDataTestCase):
                                 "--weight-decay", 0.01)
         self.assertIn("Test set, once, with the final fit's", out)
         saving.load_checkpoint(self.out_dir / "beyond_final.pt", FashionNeuralNetwork, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- every failure its true cause; a run's files one set
+
+def as_script(body):
+    """A stand-in for a script module whose main() runs `body`."""
+    return argparse.Namespace(main=lambda argv: body() or 0)
+
+
+class WriteErrorTests(TinyDataTestCase):
+    """Each failed write says its own cause and what to do; the cleanup never hides it."""
+
+    FIXES = {errno.ENOSPC: "Free some space on that disk", errno.EDQUOT: "Free some space within your disk quota",
+             errno.EFBIG: "Raise that limit (ulimit -f)", errno.ENOENT: "Make that folder again",
+             errno.EROFS: "Remount that disk writable", errno.ENAMETOOLONG: "Choose a shorter folder path",
+             errno.EACCES: "Make that folder writable", errno.EPERM: "Make that folder and its files writable",
+             errno.EISDIR: "Move away the folder of that name", errno.EIO: "Check that disk and folder"}
+
+    def test_each_errno_names_its_cause_and_only_a_full_disk_or_quota_speaks_of_space(self):
+        self.out_dir.mkdir()
+        for code, fix in self.FIXES.items():
+            with self.subTest(errno.errorcode[code]):
+                error = OSError(code, os.strerror(code))
+                # As on a read-only disk or with a name too long: the cleanup fails as the write did.
+                with mock.patch.object(saving, "open", side_effect=error, create=True), \
+                        mock.patch.object(Path, "unlink", side_effect=OSError(code, os.strerror(code), "x.tmp")):
+                    status, out, err = run_main(as_script(lambda: saving.write_json(self.out_dir / "a.json", {})))
+                self.assertEqual(status, 1, err)
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn(f"error: could not write {self.out_dir / 'a.json'} ({os.strerror(code)}", err)
+                self.assertIn(f"the file was left as it was. {fix} or pass another --out-dir", err)
+                self.assertEqual("space" in err, code in (errno.ENOSPC, errno.EDQUOT), err)
+                if code == errno.EIO:                          # any other errno, by its own name too
+                    self.assertIn("Input/output error, EIO", err)
+
+    def test_a_name_too_long_is_told_as_such_not_as_its_temporary_files_cleanup(self):
+        self.out_dir.mkdir()
+        with self.assertRaises(errors.WriteError) as caught:       # a real ENAMETOOLONG, twice
+            saving.write_json(self.out_dir / ("x" * 250 + ".json"), {})
+        self.assertIn("File name too long", str(caught.exception))
+        self.assertEqual(caught.exception.fix, "Choose a shorter folder path")
+
+    def test_a_file_size_limit_is_told_as_such_and_does_not_kill_the_run(self):
+        # A real limit (ulimit -f) in a child process. Python ignores SIGXFSZ, so a write past it
+        # fails with EFBIG instead of killing the run. The child stands torch and torchvision in
+        # for themselves: saving's writes do not use them, and importing them would take seconds.
+        child = """if True:
+            import resource, sys, types
+            for name in ("torch", "torchvision", "torchvision.datasets"):
+                sys.modules[name] = types.ModuleType(name)
+            sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+            from plumbing import errors, saving
+            try:
+                saving.write_json(sys.argv[1], {"losses": [0.5] * 50000})
+            except errors.WriteError as e:
+                print(f"{e} | {e.fix}")
+        """
+        self.out_dir.mkdir()
+        result = subprocess.run([sys.executable, "-c", child, str(self.out_dir / "big.json")], cwd=HERE,
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("(File too large: over the largest file this process may write)", result.stdout)
+        self.assertIn("| Raise that limit (ulimit -f)", result.stdout)
+        self.assertEqual(leftovers(self.out_dir), [])
+        self.assertFalse((self.out_dir / "big.json").exists())

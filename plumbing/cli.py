@@ -70,8 +70,7 @@ def run_script(main):
             print("\nStopped: the files already written are complete.", file=sys.stderr)
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
-        status = _say(f"{e}: the file was left as it was. {e.fix} or pass another --out-dir, "
-                      "and run again.", 1)
+        status = _say(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
     except OSError as e:
         if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
             _silence(sys.stdout)

@@ -7,7 +7,6 @@ never half of one; what is read back (a history, a checkpoint) is checked before
 import json
 import os
 import pickle
-import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager, suppress
@@ -32,21 +31,24 @@ def atomic_write(path):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError, pickle.PicklingError) as e:
-        # torch.save reports a failed write as "unexpected pos": the OSError behind it says why.
-        cause = next((c for c in (e, e.__cause__, e.__context__)
-                      if isinstance(c, OSError) and c.strerror), None)
-        reason = cause.strerror if cause else str(e).strip().splitlines()[0][:120]
-        with suppress(OSError):
-            reason += f"; {shutil.disk_usage(path.parent).free // 2**20} MB free on that disk"
-        raise WriteError(f"could not write {path} ({reason})", cause and cause.errno) from e
+        with _write_errors(path):
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):         # a failed cleanup never hides the failure that caused it
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _write_errors(path, outcome="the file was left as it was"):
+    """Any failure to write `path` as a WriteError that names its cause."""
+    try:
+        yield
+    except (OSError, RuntimeError, pickle.PicklingError) as e:
+        raise WriteError(path, e, outcome) from e
 
 
 def write_json(path, obj):
