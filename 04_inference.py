@@ -66,8 +66,7 @@ def main(argv=None):
              f"{about}")
     # The tutorial's helper.view_classify(img.view(1, 28, 28), ps, version='Fashion'): ours
     # knows only Fashion-MNIST's classes, so it needs no version, and it takes a title.
-    saving.save_figure(common.view_classify(img, ps, title), path)
-    print(f"Wrote {path}")
+    pictures = {path: common.view_classify(img, ps, title)}
 
     # --------------------------------------------------------------------------- the whole test set
     preds = predict(model, images, device)
@@ -84,10 +83,11 @@ def main(argv=None):
           f"{pairs[a, b].item()} times "
           f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
           f"{confusion[b, a].item()} the other way)")
-    for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
-                          ("mistakes.png", plot_mistakes(images, labels, preds))):
-        saving.save_figure(fig, out_dir / filename)
-        print(f"Wrote {out_dir / filename}")
+    pictures[out_dir / "confusion_matrix.png"] = plot_confusion_matrix(confusion)
+    pictures[out_dir / "mistakes.png"] = plot_mistakes(images, labels, preds)
+    saving.save_figures(pictures)             # ours: the three pictures of one run, as one set
+    for path in pictures:
+        print(f"Wrote {path}")
     return 0
 
 

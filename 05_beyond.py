@@ -13,6 +13,7 @@ dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt
 docs/beyond.md has the measured results.
 """
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -50,16 +51,18 @@ def main(argv=None):
         model.load_state_dict(run.weights[run.best_epoch])
         run.test_of_best = test_once(model, testloader, device,
                                      f"with the weights of epoch {run.best_epoch}")
-    saving.save_run("beyond", run, args.dropout, out_dir)
+    fig = None
     if run.epochs:
         mixed = " (on mixed images)" * bool(args.mixup)
         fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                  f"training{mixed} and validation loss")
-        saving.save_figure(fig, out_dir / "beyond_loss.png")
+    saving.save_run("beyond", run, args.dropout, out_dir, plot=fig)     # the four files, one set
     common.print_summary(run)
     if args.final_fit and run.epochs and not run.stopped:
         return final_fit(args, args.dropout, run.best_epoch, trainloader, testloader, device,
                          out_dir)
+    if args.final_fit:
+        print(f"No final fit: the first run did not end{earlier_final(out_dir)}.", file=sys.stderr)
     return cli.exit_status(run)
 
 
@@ -136,7 +139,8 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
     model, final = fit(args, dropout, trainloader, valloader, "validation", device, epochs=epochs)
     if final.stopped:
         print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
-              "final network to test (the first run is saved above).", file=sys.stderr)
+              f"final network to test (the first run is saved above){earlier_final(out_dir)}.",
+              file=sys.stderr)
         return cli.exit_status(final)
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
                                             f"with the final fit's {epochs} epochs")}
@@ -144,6 +148,12 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
     saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
     print(f"Saved the final fit's network to {path}")
     return 0
+
+
+def earlier_final(out_dir):
+    """A note naming the beyond_final.pt of an earlier run, if there is one: not this run's."""
+    path = out_dir / "beyond_final.pt"
+    return f"; the {path.name} in {out_dir} is an earlier run's" if path.exists() else ""
 
 
 def test_once(model, testloader, device, which):
@@ -179,11 +189,12 @@ def sweep(args, trainloader, testloader, device, out_dir):
     chosen = None      # the lowest validation loss of all, from a sweep that ran to its end
     if not run.stopped:
         chosen = min(runs, key=lambda p: runs[p].test_losses[runs[p].best_epoch - 1])
-    saving.write_json(out_dir / "dropout_sweep.json", {
-        "runs": {str(p): saving.history(r) for p, r in runs.items()},
-        "chosen": None if chosen is None else {"dropout": chosen,
-                                               "epochs": runs[chosen].best_epoch}})
-    saving.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
+    table = {"runs": {str(p): saving.history(r) for p, r in runs.items()},
+             "chosen": None if chosen is None else {"dropout": chosen,
+                                                    "epochs": runs[chosen].best_epoch}}
+    fig = plot_sweep(runs, chosen)
+    saving.write_set({out_dir / "dropout_sweep.json": lambda f: f.write(saving.json_bytes(table)),
+                      out_dir / "dropout_sweep.png": partial(saving.write_figure, fig)})
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
         print(f"The sweep stopped during its run {len(runs)} of {len(args.sweep_dropout)}: its "

@@ -1132,10 +1132,10 @@ class MistakeTests(TinyDataTestCase):
         self.assertEqual(status, 1)
         self.assertEqual(err.count("\n"), 1, err)
         self.assertIn(f"could not write {self.out_dir / 'baseline.pt'} (No space left on device", err)
-        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
-        for name in ("baseline.pt", "baseline_best.pt"):                # the earlier good files, intact
-            self.assertEqual((self.out_dir / name).read_bytes(), before[name])
-        self.assertEqual(len(json.loads((self.out_dir / "baseline_history.json").read_text())["accuracies"]), 2)
+        self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt, baseline_loss.png", err)
+        for name in before:                              # the earlier run's whole set, intact
+            self.assertEqual((self.out_dir / name).read_bytes(), before[name], name)
+        self.assertEqual(len(json.loads((self.out_dir / "baseline_history.json").read_text())["accuracies"]), 1)
         self.assertEqual(leftovers(self.out_dir), [])
 
     def test_index_outside_the_test_set(self):
@@ -1398,9 +1398,9 @@ class OutputTests(TinyDataTestCase):
         (self.out_dir / "baseline.pt").mkdir(parents=True)
         status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
         self.assertEqual(status, 1, err)
-        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
+        self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt", err)
         self.assertIn("Move away the folder of that name", err)
-        self.assertTrue((self.out_dir / "baseline_history.json").is_file())   # saved before it
+        self.assertFalse((self.out_dir / "baseline_history.json").exists())   # found before any file
 
     def test_a_closed_pipe_ends_quietly_with_141(self):           # python 01_data.py | head -1
         class ClosedPipe(io.StringIO):
@@ -1521,3 +1521,110 @@ class WriteErrorTests(TinyDataTestCase):
         self.assertIn("| Raise that limit (ulimit -f)", result.stdout)
         self.assertEqual(leftovers(self.out_dir), [])
         self.assertFalse((self.out_dir / "big.json").exists())
+
+
+class FailingFile(io.FileIO):
+    """A temporary file being written whose writes raise `error` past its first `after` bytes."""
+    error, after = None, 0
+
+    def write(self, data):
+        if self.tell() + len(data) > self.after:
+            raise self.error
+        return super().write(data)
+
+
+def failing_open(error, which=".pt.", after=1000):
+    """saving's open(), with the temporary files whose name holds `which` failing as FailingFile."""
+    real_open = open
+
+    def opener(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".tmp") and which in str(path):
+            f = FailingFile(path, mode.replace("b", ""))
+            f.error, f.after = error, after
+            return f
+        return real_open(path, mode, *args, **kwargs)
+    return mock.patch.object(saving, "open", opener, create=True)
+
+
+class RunSetTests(TinyDataTestCase):
+    """A script's files are one set: after a failure or a stop, the whole new set or the whole earlier one."""
+
+    def test_a_failure_anywhere_in_the_set_leaves_the_whole_earlier_set(self):
+        self.train_script(baseline)
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        for which in ("history", "_best.pt", "_loss.png"):
+            with self.subTest(which), failing_open(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), which, after=0):
+                status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+            self.assertEqual(status, 1, err)
+            self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt, baseline_loss.png", err)
+            self.assertEqual({p.name: p.read_bytes() for p in self.out_dir.iterdir()}, before)
+
+    def test_a_stop_between_the_renames_lands_after_the_whole_new_set(self):
+        self.train_script(baseline)
+        real_replace = os.replace
+
+        def replace_then_ctrl_c(source, target):
+            real_replace(source, target)
+            if str(target).endswith("_history.json"):
+                signal.raise_signal(signal.SIGINT)          # a real Ctrl-C, after the first rename
+
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)     # as in a terminal
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        with mock.patch.object(saving.os, "replace", replace_then_ctrl_c):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 2, "--seed", 1)
+        self.assertEqual(status, 130, err)
+        self.assertIn("Stopped: the files already written are complete.", err)
+        for name, data in before.items():                       # every file of the set is the new run's
+            self.assertNotEqual((self.out_dir / name).read_bytes(), data, name)
+        _, last = saving.load_checkpoint(self.out_dir / "baseline.pt", FashionNeuralNetwork, torch.device("cpu"))
+        self.assertEqual(last["epoch"], 2)
+        self.assertEqual(leftovers(self.out_dir), [])
+
+    def test_a_rename_that_fails_midway_names_the_stale_files(self):
+        self.train_script(baseline)
+        real_replace = os.replace
+
+        def second_rename_fails(source, target):
+            if str(target).endswith("baseline.pt"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_replace(source, target)
+
+        with mock.patch.object(saving.os, "replace", second_rename_fails):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 2)
+        self.assertEqual(status, 1, err)
+        self.assertIn("(Input/output error, EIO): saved: baseline_history.json; not saved: baseline.pt, "
+                      f"baseline_best.pt, baseline_loss.png, so those of them in {self.out_dir} are an earlier "
+                      "run's (stale)", err)
+        self.assertEqual(leftovers(self.out_dir), [])
+
+    def test_03_never_draws_baseline_files_of_two_runs_as_one(self):
+        self.train_script(baseline)
+        self.train_script(baseline, "--epochs", 2, "--out-dir", self.tmp / "other")
+        (self.out_dir / "baseline.pt").write_bytes((self.tmp / "other" / "baseline.pt").read_bytes())
+        out = self.train_script(dropout)
+        self.assertIn(f"confidence.png not written: baseline.pt and baseline_history.json in {self.out_dir} are "
+                      "from two different runs", out)
+        self.assertIn("run 02_baseline.py again.", out)
+        self.assertFalse((self.out_dir / "confidence.png").exists())
+        self.assertTrue(is_png(self.out_dir / "baseline_vs_dropout.png"))     # the history alone is one run
+
+    def test_04_writes_its_three_pictures_as_one_set(self):
+        self.use_trained_dropout()
+        (self.out_dir / "mistakes.png").mkdir()
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 1, err)
+        self.assertIn("not saved: inference.png, confusion_matrix.png, mistakes.png", err)
+        self.assertFalse((self.out_dir / "inference.png").exists())
+        self.assertFalse((self.out_dir / "confusion_matrix.png").exists())
+
+    def test_temporary_names_do_not_collide_between_hosts_or_containers_with_the_same_pid(self):
+        self.out_dir.mkdir()
+        path = self.out_dir / "shared.json"
+        with mock.patch.object(os, "getpid", return_value=1):        # PID 1 in two containers
+            with saving.atomic_write(path) as first:
+                with saving.atomic_write(path) as second:
+                    second.write(b"second")
+                first.write(b"first")
+        self.assertEqual(path.read_bytes(), b"first")
+        self.assertEqual(leftovers(self.out_dir), [])
