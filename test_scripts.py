@@ -1628,3 +1628,33 @@ class RunSetTests(TinyDataTestCase):
                 first.write(b"first")
         self.assertEqual(path.read_bytes(), b"first")
         self.assertEqual(leftovers(self.out_dir), [])
+
+
+class StopWhileSavingTests(TinyDataTestCase):
+    """A Ctrl-C, SIGTERM or SIGHUP that lands inside torch.save is a stop, not a disk error."""
+
+    def test_a_stop_inside_torch_save_is_the_documented_stop_and_leaves_the_earlier_set(self):
+        self.train_script(baseline)
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        for stop, status in ((KeyboardInterrupt(), 130), (cli.Terminated(signal.SIGTERM), 143),
+                             (cli.Terminated(signal.SIGHUP), 129)):
+            with self.subTest(status=status):
+                # The real torch.save, writing to a file whose write() raises the stop: it reports
+                # it as a RuntimeError ("unexpected pos") raised while handling the stop.
+                with failing_open(stop):
+                    code, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+                self.assertEqual(code, status, err)
+                self.assertNotIn("error", err)
+                self.assertIn("Stopped: not saved: baseline_history.json, baseline.pt, baseline_best.pt, "
+                              "baseline_loss.png; those of them in", err)
+                self.assertEqual({p.name: p.read_bytes() for p in self.out_dir.iterdir()}, before)
+
+    def test_fail_lets_a_wrapped_stop_go_on(self):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("a library's own error")
+        except RuntimeError:
+            with self.assertRaises(KeyboardInterrupt):
+                errors.fail("not this")

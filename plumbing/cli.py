@@ -65,9 +65,10 @@ def run_script(main):
         status = main()
         if sys.stdout:                   # None when the script was started with stdout closed
             sys.stdout.flush()
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt as stop:    # outcome: what became of the files it stopped saving
         with suppress(OSError):
-            print("\nStopped: the files already written are complete.", file=sys.stderr)
+            print(f"\nStopped: {getattr(stop, 'outcome', 'the files already written are complete')}"
+                  ".", file=sys.stderr)
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
         status = _say(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)

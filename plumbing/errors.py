@@ -1,7 +1,8 @@
 """Errors a user can cause, told in one sentence that says what to do, never as a traceback.
 
 Keeps safe: the user's screen. fail() ends a script with one line on standard error; BadFile and
-WriteError carry their sentence up to the code that knows what to advise.
+WriteError carry their sentence up to the code that knows what to advise. A Ctrl-C or a signal is
+never told as an error, even when a library wraps it in one of its own.
 """
 import errno
 import os
@@ -10,9 +11,19 @@ import sys
 
 
 def fail(message, status=2):
-    """Stop with one sentence that says what went wrong and what to do: no traceback."""
+    """Stop with one sentence that says what went wrong and what to do: no traceback. Called while
+    a wrapped Ctrl-C or signal is being handled, it lets that stop go on instead."""
+    stop = interrupt_in(sys.exc_info()[1])
+    if stop:
+        raise stop
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
+
+
+def interrupt_in(error):
+    """The KeyboardInterrupt (Ctrl-C, or plumbing.cli.Terminated) behind `error`, or None:
+    torch.save reports one that lands while it writes as a RuntimeError raised while handling it."""
+    return _behind(error, lambda e: isinstance(e, KeyboardInterrupt))
 
 
 def _behind(error, wanted):

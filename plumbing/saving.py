@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from plumbing.errors import BadFile, WriteError, fail
+from plumbing.errors import BadFile, WriteError, fail, interrupt_in
 
 # No history of these scripts holds a loss per image this large (an untrained network's is 2.3).
 LARGEST_LOSS = 1000.0
@@ -51,8 +51,8 @@ def atomic_write(path):
 def write_set(writers):
     """Write several files as one set ({path: write(f)}): each under a temporary name, then all
     renamed into place together, with Ctrl-C and signals held off for those few renames. A failure
-    or a stop before leaves every file as it was; a WriteError says so in its .outcome, or names
-    the files of the set that are not this run's."""
+    or a stop before leaves every file as it was; a WriteError or a KeyboardInterrupt says so in
+    its .outcome, or names the files of the set that are not this run's."""
     paths = [Path(path) for path in writers]
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
@@ -63,12 +63,16 @@ def write_set(writers):
             if path.is_dir():          # found now, before any file of the set is replaced
                 raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
                                  kept)
-        for path, write in zip(paths, writers.values()):
-            tmp = temporary[path] = temporary_name(path)
-            with _write_errors(path, kept), open(tmp, "xb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            for path, write in zip(paths, writers.values()):
+                tmp = temporary[path] = temporary_name(path)
+                with _write_errors(path, kept), open(tmp, "xb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except KeyboardInterrupt as stop:
+            stop.outcome = kept
+            raise
         with _signals_held():
             for n, path in enumerate(paths):
                 with _write_errors(path, _half_saved(paths, n) if n else kept):
@@ -94,10 +98,14 @@ def temporary_name(path):
 
 @contextmanager
 def _write_errors(path, outcome="the file was left as it was"):
-    """Any failure to write `path` as a WriteError that names its cause."""
+    """Any failure to write `path` as a WriteError that names its cause; a Ctrl-C or a signal that
+    torch.save wrapped in a RuntimeError as the stop it is."""
     try:
         yield
     except (OSError, RuntimeError, pickle.PicklingError) as e:
+        stop = interrupt_in(e)
+        if stop:
+            raise stop
         raise WriteError(path, e, outcome) from e
 
 
