@@ -78,7 +78,7 @@ def main(argv=None):
     # -------------------------------------------------------------- "Overfitting", "Regularization"
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early
     # stopping (L2 regularisation is a penalty on the weights). baseline_best.pt keeps that epoch.
-    common.print_summary(run)
+    common.print_summary(run, cli.divergence_advice(args))
     return cli.exit_status(run)
 
 

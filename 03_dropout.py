@@ -57,7 +57,7 @@ def main(argv=None):
         fig = common.plot_losses({"dropout": run}, title)
     # Ours: the history, the checkpoints and the plot (dropout_loss.png), saved as one set
     saving.save_run("dropout", run, args.dropout, out_dir, plot=fig)
-    common.print_summary(run)
+    common.print_summary(run, cli.divergence_advice(args))
 
     # --------------------------------------------------------------------------------- "Conclusion"
     if run.epochs:      # the lesson in two pictures, each drawn when 02_baseline.py's files exist

@@ -57,7 +57,7 @@ def main(argv=None):
         fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                  f"training{mixed} and validation loss")
     saving.save_run("beyond", run, args.dropout, out_dir, plot=fig)     # the four files, one set
-    common.print_summary(run)
+    common.print_summary(run, cli.divergence_advice(args))
     if args.final_fit and run.epochs and not run.stopped:
         return final_fit(args, args.dropout, run.best_epoch, trainloader, testloader, device,
                          out_dir)
@@ -100,6 +100,10 @@ def parse_args(argv):
                      "(off) or a number of at least 0.001")
     if args.sweep_dropout and len(set(args.sweep_dropout)) < len(args.sweep_dropout):
         parser.error("argument --sweep-dropout: each value once, please")
+    if args.lr * args.weight_decay >= 1:       # AdamW multiplies each weight by 1 - lr * decay
+        parser.error(f"argument --weight-decay: {args.weight_decay:g} times --lr {args.lr:g} is "
+                     f"{args.lr * args.weight_decay:g}, which shrinks every weight past zero at "
+                     f"each step: use a weight decay below {1 / args.lr:g} (0.1 is a good start)")
     return args
 
 
@@ -141,6 +145,9 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
         print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
               f"final network to test (the first run is saved above){earlier_final(out_dir)}.",
               file=sys.stderr)
+        if final.stopped == "diverged":
+            print(f"error: the final fit diverged at epoch {final.epochs + 1} "
+                  f"{cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(final)
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
                                             f"with the final fit's {epochs} epochs")}
@@ -199,6 +206,9 @@ def sweep(args, trainloader, testloader, device, out_dir):
     if run.stopped:
         print(f"The sweep stopped during its run {len(runs)} of {len(args.sweep_dropout)}: its "
               "finished runs are drawn, and no choice made.", file=sys.stderr)
+        if run.stopped == "diverged":
+            print(f"error: the run of dropout {p} diverged at epoch {run.epochs + 1} "
+                  f"{cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(run)
     epochs = runs[chosen].best_epoch
     print(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.")

@@ -1658,3 +1658,39 @@ class StopWhileSavingTests(TinyDataTestCase):
         except RuntimeError:
             with self.assertRaises(KeyboardInterrupt):
                 errors.fail("not this")
+
+
+class DivergenceAdviceTests(TinyDataTestCase):
+    """The advice after a blow-up names the settings in use; settings that cannot train are refused first."""
+
+    def diverge(self, *args):
+        real_keep = common.keep_weights
+
+        def poisoned(weights, model, epoch, *rest):
+            weights = real_keep(weights, model, epoch, *rest)
+            if epoch == 1:
+                with torch.no_grad():
+                    model.layer_input.weight.fill_(float("nan"))
+            return weights
+
+        with mock.patch.object(common, "keep_weights", poisoned):
+            status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, *args)
+        self.assertEqual(status, 1, err)
+        return err
+
+    def test_the_advice_names_the_settings_in_use(self):
+        err = self.diverge()
+        self.assertNotIn("such as the default 0.003", err)          # 0.003 is the lr in use
+        self.assertIn("with the default settings: try a smaller --lr than the 0.003 in use", err)
+        err = self.diverge("--lr", 0.5, "--weight-decay", 0.1)
+        self.assertIn("with --lr 0.5, --weight-decay 0.1: try a smaller --lr, such as the default 0.003", err)
+        err = self.diverge("--batch-size", 8)
+        self.assertIn("with --batch-size 8: try a smaller --lr than the 0.003 in use, such as 0.0003, or a "
+                      "larger --batch-size, such as the default 64", err)
+
+    def test_a_weight_decay_that_shrinks_weights_past_zero_is_refused_before_training(self):
+        with mock.patch.object(common, "load_data", side_effect=AssertionError("trained first")):
+            self.assert_refused(beyond, ["--weight-decay", 1000], "argument --weight-decay",
+                                "1000 times --lr 0.003 is 3", "below 333.333")
+            self.assert_refused(beyond, ["--weight-decay", 10, "--lr", 0.1], "argument --weight-decay")
+        self.assertEqual(beyond.parse_args(["--weight-decay", "300"]).weight_decay, 300)    # 0.9: it trains

@@ -3,7 +3,8 @@ an exit status.
 
 Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely (its finished epochs
 saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; a bad flag value is
-refused in the parser's voice, saying the range it takes.
+refused in the parser's voice, saying the range it takes; a run that blew up is told what to
+change, from the settings it ran with.
 """
 import argparse
 import math
@@ -19,6 +20,7 @@ from plumbing.errors import WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "outputs"
+DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.003, 64                     # the tutorial's
 # How a run ended (common.train's Run.stopped) as the shell's exit status.
 EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
 
@@ -26,6 +28,25 @@ EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "h
 def exit_status(run):
     """The exit status for how a training run ended."""
     return EXIT_STATUS[run.stopped]
+
+
+def divergence_advice(args):
+    """What to change after a training blew up, said from the settings in use: the learning rate
+    sizes every step; a batch smaller than the default makes more steps, each noisier. The ones
+    changed from their defaults are named; weight decay (refused where lr times it reaches 1) only
+    shrinks the weights, so it is named but never blamed."""
+    settings = (("--lr", args.lr, DEFAULT_LR),
+                ("--batch-size", args.batch_size, DEFAULT_BATCH_SIZE),
+                ("--weight-decay", getattr(args, "weight_decay", 0.0), 0.0))
+    changed = ", ".join(f"{flag} {value:g}" for flag, value, default in settings
+                        if value != default)
+    if args.lr > DEFAULT_LR:
+        advice = f"try a smaller --lr, such as the default {DEFAULT_LR:g}"
+    else:
+        advice = f"try a smaller --lr than the {args.lr:g} in use, such as {args.lr / 10:g}"
+        if args.batch_size < DEFAULT_BATCH_SIZE:
+            advice += f", or a larger --batch-size, such as the default {DEFAULT_BATCH_SIZE}"
+    return f"with {changed or 'the default settings'}: {advice}"
 
 
 # ------------------------------------------------------------------------------- the script runner
@@ -136,9 +157,10 @@ def make_training_parser(doc):
     """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=64,
+    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=DEFAULT_BATCH_SIZE,
                         help="images per batch")
-    parser.add_argument("--lr", type=positive_float, default=0.003, help="Adam's learning rate")
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
+                        help="Adam's learning rate")
     parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
                         help="random seed: the same seed gives the same run")
     add_device_arg(parser)
