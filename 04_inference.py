@@ -79,10 +79,14 @@ def main(argv=None):
         print(f"{class_name:<12} {right / count if count else float('nan'):.3f}")
     pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
     a, b = divmod(pairs.argmax().item(), 10)
-    print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, "
-          f"{pairs[a, b].item()} times "
-          f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
-          f"{confusion[b, a].item()} the other way)")
+    times = pairs[a, b].item()
+    if times == 0:
+        print("Confused most often: none; no test image was taken for another class")
+    else:
+        print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, "
+              f"{times} time{'s' * (times > 1)} "
+              f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
+              f"{confusion[b, a].item()} the other way)")
     pictures[out_dir / "confusion_matrix.png"] = plot_confusion_matrix(confusion)
     pictures[out_dir / "mistakes.png"] = plot_mistakes(images, labels, preds)
     saving.save_figures(pictures)             # ours: the three pictures of one run, as one set
@@ -131,7 +135,8 @@ def plot_mistakes(images, labels, preds, columns=8, rows=4):
                 ha="center", va="bottom", fontsize=7)
     ax.imshow(grid.numpy(), cmap="gray", vmin=-1, vmax=1)
     ax.set_axis_off()
-    ax.set_title("Mistakes: what the network said (and the truth)")
+    ax.set_title("Mistakes: what the network said (and the truth)" if wrong
+                 else "No mistakes: every test image was classified right")
     return fig
 
 

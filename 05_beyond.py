@@ -137,20 +137,20 @@ def final_fit(args, dropout, epochs, trainloader, testloader, device, out_dir):
     """A new network trained from scratch on all the training images for the chosen number of
     epochs, tested once and saved as beyond_final.pt. Returns the exit status."""
     print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the "
-          f"{epochs} epochs chosen (its validation images are now training images too, so their "
-          "numbers judge nothing).")
+          f"{plural(epochs, 'epoch')} chosen (its validation images are now training images too, "
+          "so their numbers judge nothing).")
     _, valloader = hold_out(trainloader, args)                        # the same images as before
     model, final = fit(args, dropout, trainloader, valloader, "validation", device, epochs=epochs)
     if final.stopped:
-        print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
-              f"final network to test (the first run is saved above){earlier_final(out_dir)}.",
-              file=sys.stderr)
+        print(f"The final fit stopped after {final.epochs} of its {plural(epochs, 'epoch')}: there "
+              f"is no final network to test (the first run is saved above){earlier_final(out_dir)}"
+              ".", file=sys.stderr)
         if final.stopped == "diverged":
             print(f"error: the final fit diverged at epoch {final.epochs + 1} "
                   f"{cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(final)
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
-                                            f"with the final fit's {epochs} epochs")}
+                                            f"with the final fit's {plural(epochs, 'epoch')}")}
     path = out_dir / "beyond_final.pt"
     saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
     print(f"Saved the final fit's network to {path}")
@@ -161,6 +161,11 @@ def earlier_final(out_dir):
     """A note naming the beyond_final.pt of an earlier run, if there is one: not this run's."""
     path = out_dir / "beyond_final.pt"
     return f"; the {path.name} in {out_dir} is an earlier run's" if path.exists() else ""
+
+
+def plural(n, word):
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def test_once(model, testloader, device, which):
@@ -175,7 +180,7 @@ def sweep(args, trainloader, testloader, device, out_dir):
     dropout_sweep.png; the choice (lowest validation loss); with --final-fit, the test set once."""
     fitloader, valloader = hold_out(trainloader, args)
     runs = {}
-    for p in args.sweep_dropout:
+    for i, p in enumerate(args.sweep_dropout, 1):
         print(f"Dropout {p}:")
         torch.manual_seed(args.seed)       # each run as if alone: the same command, the same table
         _, run = fit(args, p, fitloader, valloader, "validation", device)
@@ -199,19 +204,26 @@ def sweep(args, trainloader, testloader, device, out_dir):
     table = {"runs": {str(p): saving.history(r) for p, r in runs.items()},
              "chosen": None if chosen is None else {"dropout": chosen,
                                                     "epochs": runs[chosen].best_epoch}}
-    fig = plot_sweep(runs, chosen)
+    fig = plot_sweep(runs, chosen, args.epochs)
     saving.write_set({out_dir / "dropout_sweep.json": lambda f: f.write(saving.json_bytes(table)),
                       out_dir / "dropout_sweep.png": partial(saving.write_figure, fig)})
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
-        print(f"The sweep stopped during its run {len(runs)} of {len(args.sweep_dropout)}: its "
-              "finished runs are drawn, and no choice made.", file=sys.stderr)
+        finished, drawn = [str(q) for q in runs if q != p], []
+        if finished:
+            drawn.append(f"its finished run{'s' * (len(finished) > 1)} (dropout "
+                         f"{', '.join(finished)})")
+        if run.epochs:
+            drawn.append(f"the {plural(run.epochs, 'epoch')} of that run")
+        print(f"The sweep stopped during its run {i} of {len(args.sweep_dropout)} (dropout {p}), "
+              f"after {run.epochs} of its {plural(args.epochs, 'epoch')}: drawn are "
+              f"{' and '.join(drawn)}; no choice made.", file=sys.stderr)
         if run.stopped == "diverged":
             print(f"error: the run of dropout {p} diverged at epoch {run.epochs + 1} "
                   f"{cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(run)
     epochs = runs[chosen].best_epoch
-    print(f"Chosen by the lowest validation loss: dropout {chosen}, {epochs} epochs.")
+    print(f"Chosen by the lowest validation loss: dropout {chosen}, {plural(epochs, 'epoch')}.")
     if args.final_fit:
         return final_fit(args, chosen, epochs, trainloader, testloader, device, out_dir)
     return 0
@@ -293,9 +305,10 @@ def describe(args, dropout):
     return text[0].upper() + text[1:]
 
 
-def plot_sweep(runs, chosen):
-    """Left: each p's validation loss per epoch (dashed: its training loss), its lowest marked.
-    Right: the lowest and the final validation loss, and the accuracy at the lowest, against p."""
+def plot_sweep(runs, chosen, planned):
+    """Left: each p's validation loss per epoch (dashed: its training loss), its lowest marked; a
+    run stopped before its `planned` epochs says so. Right: the lowest and the final validation
+    loss, and the accuracy at the lowest, against p."""
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     curves, summary = fig.subplots(ncols=2)
     colors = [f"C{i}" for i in range(len(runs))]
@@ -303,6 +316,7 @@ def plot_sweep(runs, chosen):
         epochs = range(1, r.epochs + 1)
         best = r.best_epoch
         name = f"p={p}" + " (chosen)" * (p == chosen)
+        name += f" (stopped after {r.epochs} of {planned} epochs)" * (r.epochs < planned)
         curves.plot(epochs, r.test_losses, "-", color=color,
                     label=f"{name}: lowest {r.test_losses[best - 1]:.3f} at epoch {best}")
         curves.plot(epochs, r.train_losses, "--", color=color, alpha=0.6, linewidth=1)

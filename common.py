@@ -252,8 +252,8 @@ def print_summary(run, advice="with these settings"):
         print(f"error: the training diverged at epoch {run.epochs + 1} (a loss above "
               f"{DIVERGED_LOSS:g} or not a number) {advice}.", file=sys.stderr)
     elif run.stopped:
-        print(f"Kept the {run.epochs} completed epochs; run again to train all of them.",
-              file=sys.stderr)
+        print(f"Kept the {run.epochs} completed epoch{'s' * (run.epochs != 1)}; run again to "
+              "train all of them.", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- "Inference" (step 4)

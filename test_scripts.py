@@ -1694,3 +1694,64 @@ class DivergenceAdviceTests(TinyDataTestCase):
                                 "1000 times --lr 0.003 is 3", "below 333.333")
             self.assert_refused(beyond, ["--weight-decay", 10, "--lr", 0.1], "argument --weight-decay")
         self.assertEqual(beyond.parse_args(["--weight-decay", "300"]).weight_decay, 300)    # 0.9: it trains
+
+
+class EdgeNumberTests(TinyDataTestCase):
+    """Zero losses, one epoch, no mistakes, a stopped sweep: each told truly."""
+
+    def test_a_validation_loss_of_zero_is_summed_up_and_05_still_tests_once(self):
+        real_train = common.train
+
+        def perfect(*args, **kwargs):
+            run = real_train(*args, **kwargs)
+            run.test_losses[:] = [0.0] * run.epochs
+            return run
+
+        with mock.patch.object(common, "train", perfect):
+            out = self.train_script(beyond, "--val-split", 60)
+        self.assertIn("Lowest validation loss: 0.000", out)
+        self.assertIn("Test set, once, with the weights of epoch 1", out)
+
+    def test_one_epoch_is_one_epoch(self):
+        out = self.train_script(beyond, "--val-split", 60, "--final-fit")
+        self.assertIn("Saved 1 epoch to", out)
+        self.assertIn("for the 1 epoch chosen", out)
+        self.assertIn("with the final fit's 1 epoch:", out)
+        real_train = common.train
+
+        def stopped(*args, **kwargs):
+            run = real_train(*args, **kwargs)
+            run.stopped = "interrupted"
+            return run
+
+        with mock.patch.object(baseline, "train", stopped):
+            status, out2, err = run_main(baseline, *self.paths(), "--epochs", 1)
+        self.assertEqual(status, 130)
+        self.assertIn("Kept the 1 completed epoch;", err)
+        self.assertIsNone(re.search(r"\b1 epochs\b", out + out2 + err))
+
+    def test_04_with_no_mistakes_names_no_confused_pair(self):
+        self.use_trained_dropout()
+        with mock.patch.object(inference, "predict", side_effect=lambda model, images, device: self.load()[1].dataset.tensors[1]):
+            status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertIn("Confused most often: none; no test image was taken for another class", out)
+        self.assertNotIn("T-shirt/top and T-shirt/top", out)
+
+    def test_a_stopped_sweep_says_what_it_draws(self):
+        real_train, seen = common.train, []
+
+        def second_stopped_after_one_epoch(*a, **k):
+            seen.append(1)
+            if len(seen) == 2:
+                run = real_train(*a[:5], 1, *a[6:], **k)
+                run.stopped = "interrupted"
+                return run
+            return real_train(*a, **k)
+
+        with mock.patch.object(common, "train", second_stopped_after_one_epoch):
+            status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, "--val-split", 60,
+                                        "--sweep-dropout", 0.1, 0.3, 0.5)
+        self.assertEqual(status, 130, err)
+        self.assertIn("The sweep stopped during its run 2 of 3 (dropout 0.3), after 1 of its 2 epochs: drawn are "
+                      "its finished run (dropout 0.1) and the 1 epoch of that run; no choice made.", err)
