@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 from torch import optim
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 import common
 from common import CLASSES, FashionNeuralNetwork
@@ -233,18 +234,50 @@ def sweep(args, trainloader, testloader, device, out_dir):
 
 def hold_out(trainloader, args):
     """--val-split N training images split off to validate on, the same ones for the same seed:
-    a trainloader over the rest (shuffled) and a loader over them (in order)."""
-    images, labels = trainloader.dataset.tensors
-    if not 0 < args.val_split < len(images):
+    a trainloader over the rest (shuffled) and a loader over them (in order). Both draw their
+    batches from the training images where they are: no copy of the set is made."""
+    dataset = trainloader.dataset
+    if not 0 < args.val_split < len(dataset):
         errors.fail(f"--val-split {args.val_split} must leave training images: use a number from "
-                    f"1 to {len(images) - 1}.")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
+                    f"1 to {len(dataset) - 1}.")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     val, train = order[:args.val_split], order[args.val_split:]
-    return (common.make_loader(images[train], labels[train], args.batch_size, shuffle=True),
-            common.make_loader(images[val], labels[val], args.batch_size, shuffle=False))
+    return (part_loader(Part(dataset, train), args.batch_size, shuffle=True),
+            part_loader(Part(dataset, val), args.batch_size, shuffle=False))
+
+
+class Part(Dataset):
+    """Some images of a TensorDataset, by index: a batch is copied out of the whole set when it is
+    drawn, the same images in the same order as from a copy of that part."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, positions):
+        return self.dataset[self.indices[positions]]
+
+    @property
+    def tensors(self):
+        """(images, labels) of the part, as TensorDataset.tensors: a copy, made when asked for."""
+        return self.dataset[self.indices]
+
+
+def part_loader(part, batch_size, shuffle):
+    """common.make_loader's DataLoader, over a Part."""
+    sampler = RandomSampler(part) if shuffle else SequentialSampler(part)
+    return DataLoader(part, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                      batch_size=None)
 
 
 # ---------------------------------------------------------------------- augmented and mixed batches
+
+# Images augmented or mixed at a time: the copies made on the way stay under 60 MB, even when a
+# batch is the whole training set (each batch's images are in memory once, and its result once).
+CHUNK = 4096
+
 
 class Augmented:
     """A trainloader whose batches come randomly shifted by up to `shift` pixels, and, with flip,
@@ -257,17 +290,26 @@ class Augmented:
         return len(self.loader)
 
     def __iter__(self):
-        s = self.shift
-        for images, labels in self.loader:                                 # (B, 1, 28, 28)
-            b = len(images)
+        # map() keeps no batch between two steps: only the one being trained on is in memory.
+        return map(self.augment, self.loader)
+
+    def augment(self, batch):
+        images, labels = batch                                             # (B, 1, 28, 28)
+        b, s = len(images), self.shift
+        if self.flip:
+            mirror = torch.rand(b, 1, 1, 1) < 0.5
+        dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))
+        augmented = torch.empty_like(images)
+        for i in range(0, b, CHUNK):
+            part = images[i:i + CHUNK]                                     # (C, 1, 28, 28)
             if self.flip:
-                mirror = torch.rand(b, 1, 1, 1) < 0.5
-                images = torch.where(mirror, images.flip(-1), images)
-            padded = F.pad(images, (s, s, s, s), value=-1.0)      # black border, (B, 1, 32, 32)
-            dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))
-            rows = (torch.arange(28) + dy)[:, :, None]                       # (B, 28, 1)
-            cols = (torch.arange(28) + dx)[:, None, :]                       # (B, 1, 28)
-            yield padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1), labels
+                part = torch.where(mirror[i:i + CHUNK], part.flip(-1), part)
+            padded = F.pad(part, (s, s, s, s), value=-1.0)        # black border, (C, 1, 32, 32)
+            rows = (torch.arange(28) + dy[i:i + CHUNK])[:, :, None]          # (C, 28, 1)
+            cols = (torch.arange(28) + dx[i:i + CHUNK])[:, None, :]          # (C, 1, 28)
+            which = torch.arange(len(part))[:, None, None]
+            augmented[i:i + CHUNK, 0] = padded[which, 0, rows, cols]
+        return augmented, labels
 
 
 class Mixup:
@@ -284,12 +326,17 @@ class Mixup:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:                                 # (B, 1, 28, 28), (B,)
-            lam = self.beta.sample().item()
-            other = torch.randperm(len(labels))
-            targets = F.one_hot(labels, len(CLASSES)).float()               # (B, 10)
-            yield (lam * images + (1 - lam) * images[other],
-                   lam * targets + (1 - lam) * targets[other])
+        return map(self.mix, self.loader)             # no batch kept between steps, as Augmented
+
+    def mix(self, batch):
+        images, labels = batch                                             # (B, 1, 28, 28), (B,)
+        lam = self.beta.sample().item()
+        other = torch.randperm(len(labels))
+        targets = F.one_hot(labels, len(CLASSES)).float()                   # (B, 10)
+        mixed = torch.empty_like(images)
+        for i in range(0, len(images), CHUNK):
+            mixed[i:i + CHUNK] = lam * images[i:i + CHUNK] + (1 - lam) * images[other[i:i + CHUNK]]
+        return mixed, lam * targets + (1 - lam) * targets[other]
 
 
 # ----------------------------------------------------------------------------------------- pictures

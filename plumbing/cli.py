@@ -16,11 +16,15 @@ from pathlib import Path
 
 import torch
 
+from plumbing import memory
 from plumbing.errors import WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "outputs"
 DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.003, 64                     # the tutorial's
+# A training step holds about 10 kB per image of its batch: half the training set at once keeps
+# every run of every script under 1.5 GB (docs/speed.md); the whole set would reach 1.5 GB.
+MAX_BATCH_SIZE = 30000
 # How a run ended (common.train's Run.stopped) as the shell's exit status.
 EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
 
@@ -78,6 +82,7 @@ def run_script(main):
     """Run a script's main() for the command line: its return value is the exit status. Ctrl-C,
     SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
     path and a failed write end in one sentence."""
+    memory.give_back_freed_blocks()
     signal.signal(signal.SIGTERM, _terminate)
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
@@ -157,8 +162,9 @@ def make_training_parser(doc):
     """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=DEFAULT_BATCH_SIZE,
-                        help="images per batch")
+    parser.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH_SIZE + 1),
+                        default=DEFAULT_BATCH_SIZE,
+                        help=f"images per batch, at most {MAX_BATCH_SIZE} (half the training set)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="Adam's learning rate")
     parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
