@@ -1480,16 +1480,26 @@ class WriteErrorTests(TinyDataTestCase):
             with self.subTest(errno.errorcode[code]):
                 error = OSError(code, os.strerror(code))
                 # As on a read-only disk or with a name too long: the cleanup fails as the write did.
+                path = self.out_dir / ("gone" if code == errno.ENOENT else "") / "a.json"
                 with mock.patch.object(saving, "open", side_effect=error, create=True), \
                         mock.patch.object(Path, "unlink", side_effect=OSError(code, os.strerror(code), "x.tmp")):
-                    status, out, err = run_main(as_script(lambda: saving.write_json(self.out_dir / "a.json", {})))
+                    status, out, err = run_main(as_script(lambda: saving.write_json(path, {})))
                 self.assertEqual(status, 1, err)
                 self.assertEqual(err.count("\n"), 1, err)
-                self.assertIn(f"error: could not write {self.out_dir / 'a.json'} ({os.strerror(code)}", err)
+                self.assertIn(f"error: could not write {path} ({os.strerror(code)}", err)
                 self.assertIn(f"the file was left as it was. {fix} or pass another --out-dir", err)
                 self.assertEqual("space" in err, code in (errno.ENOSPC, errno.EDQUOT), err)
                 if code == errno.EIO:                          # any other errno, by its own name too
                     self.assertIn("Input/output error, EIO", err)
+
+    def test_a_missing_file_is_a_folder_gone_only_when_the_folder_is_gone(self):
+        self.out_dir.mkdir()
+        with mock.patch.object(saving.os, "replace", side_effect=FileNotFoundError(errno.ENOENT, "No such file or directory")), \
+                self.assertRaises(errors.WriteError) as caught:     # the folder is there: its file was removed
+            saving.write_json(self.out_dir / "a.json", {})
+        self.assertIn("(No such file or directory: its temporary file was removed while it was written)",
+                      str(caught.exception))
+        self.assertEqual(caught.exception.fix, "Check what removes files in that folder")
 
     def test_a_name_too_long_is_told_as_such_not_as_its_temporary_files_cleanup(self):
         self.out_dir.mkdir()

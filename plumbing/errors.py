@@ -70,6 +70,9 @@ class WriteError(Exception):
             reason = error.strerror
             if code not in _WRITE_FAILURES:
                 reason += f", {errno.errorcode.get(code, f'errno {code}')}"
+            if code == errno.ENOENT and os.path.isdir(os.path.dirname(path)):
+                about, self.fix = ("its temporary file was removed while it was written",
+                                   "Check what removes files in that folder")
             if code == errno.ENOSPC:
                 try:
                     free = shutil.disk_usage(os.path.dirname(path)).free
