@@ -68,17 +68,18 @@ def main(argv=None):
     # Train the model 30 cycles: common.train() is the tutorial's loop, in its order
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
-    saving.save_run("baseline", run, 0.0, out_dir)     # ours: the history and checkpoints, first
 
     # ------------------------------------------------------------------------ "Plot the graph here"
+    fig = None
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         fig = common.plot_losses({"baseline": run}, "Without dropout: training and validation loss")
-        saving.save_figure(fig, out_dir / "baseline_loss.png")
+    # Ours: the history, the checkpoints and the plot (baseline_loss.png), saved as one set
+    saving.save_run("baseline", run, 0.0, out_dir, plot=fig)
 
     # -------------------------------------------------------------- "Overfitting", "Regularization"
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early
     # stopping (L2 regularisation is a penalty on the weights). baseline_best.pt keeps that epoch.
-    common.print_summary(run)
+    common.print_summary(run, cli.divergence_advice(args))
     return cli.exit_status(run)
 
 

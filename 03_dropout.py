@@ -50,55 +50,69 @@ def main(argv=None):
     # model.train() turns it back on.
     epochs = args.epochs
     run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
-    saving.save_run("dropout", run, args.dropout, out_dir)     # ours: history and checkpoints
 
     # ----------------------------------------------------------------- "Plot the graph here", again
+    fig = None
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         title = f"With dropout p={args.dropout}: training and validation loss"
         fig = common.plot_losses({"dropout": run}, title)
-        saving.save_figure(fig, out_dir / "dropout_loss.png")
-    common.print_summary(run)
+    # Ours: the history, the checkpoints and the plot (dropout_loss.png), saved as one set
+    saving.save_run("dropout", run, args.dropout, out_dir, plot=fig)
+    common.print_summary(run, cli.divergence_advice(args))
 
     # --------------------------------------------------------------------------------- "Conclusion"
     if run.epochs:      # the lesson in two pictures, each drawn when 02_baseline.py's files exist
-        compare_with_baseline(run, args.dropout, out_dir)
-        compare_confidence(out_dir, testloader, device)
+        pictures = {"baseline_vs_dropout.png": compare_with_baseline(run, args.dropout, out_dir),
+                    "confidence.png": compare_confidence(out_dir, testloader, device)}
+        # Ours: the two written as one set; one that could not be drawn is named if it is there
+        saving.save_figures({out_dir / name: picture for name, picture in pictures.items()
+                             if picture})
+        for name, picture in pictures.items():
+            if picture:
+                print(f"Wrote {out_dir / name}")
+            elif (out_dir / name).exists():
+                print(f"The {name} in {out_dir} is an earlier run's.")
     return cli.exit_status(run)
 
 
 def compare_with_baseline(run, dropout, out_dir):
-    """baseline_vs_dropout.png: 02_baseline.py's losses beside this run's: the lesson, drawn."""
+    """baseline_vs_dropout.png: 02_baseline.py's losses beside this run's: the lesson, drawn.
+    Returns the figure, or None when 02_baseline.py's history cannot be read."""
     try:
         baseline = Run(**saving.read_history(out_dir / "baseline_history.json"))
     except errors.BadFile as e:
         print(f"baseline_vs_dropout.png not written: {e} (run 02_baseline.py first).")
-        return
+        return None
     runs = {"without dropout": baseline, f"dropout {dropout}": run}
-    path = out_dir / "baseline_vs_dropout.png"
     title = "Without and with dropout: training and validation loss"
-    saving.save_figure(common.plot_losses(runs, title), path)
     for name, r in runs.items():
         print(f"{name.capitalize() + ':':<17} final validation loss {r.test_losses[-1]:.3f}, "
               f"{r.validated_on} accuracy {r.accuracies[-1]:.3f} (epoch {r.epochs})")
-    print(f"Wrote {path}")
+    return common.plot_losses(runs, title)
 
 
 def compare_confidence(out_dir, testloader, device):
     """What overfitting spoils is the network's confidence: the calibration of the last epochs of
-    02_baseline.py and 03_dropout.py on the test set, printed and drawn in confidence.png."""
+    02_baseline.py and 03_dropout.py on the test set, printed and drawn in confidence.png.
+    Returns the figure, or None when a checkpoint cannot be used."""
     images, labels = testloader.dataset.tensors
     stats = {}
-    for name, filename in (("without dropout", "baseline.pt"), ("dropout", "dropout.pt")):
+    for name, stem, script in (("without dropout", "baseline", "02_baseline.py"),
+                               ("dropout", "dropout", "03_dropout.py")):
+        filename = f"{stem}.pt"
         if not (out_dir / filename).is_file():
             print(f"confidence.png not written: {filename} is not in {out_dir} "
                   "(run 02_baseline.py first).")
-            return
+            return None
         try:
             model, checkpoint = saving.read_checkpoint(out_dir / filename, FashionNeuralNetwork,
                                                        device)
+            # Ours: its history must be of the same run, or the two pictures would mix runs
+            saving.check_same_run(out_dir / filename, checkpoint, out_dir / f"{stem}_history.json",
+                                  f"run {script} again")
         except errors.BadFile as e:
             print(f"confidence.png not written: {e}")
-            return
+            return None
         with torch.no_grad():
             log_ps = model(images.to(device)).cpu()
         epoch = checkpoint["epoch"] if checkpoint["epoch"] is not None else "unknown"
@@ -111,9 +125,7 @@ def compare_confidence(out_dir, testloader, device):
               f"{c['loss']:>6.3f} = {c['loss_right']:>5.3f} + {c['loss_wrong']:>5.3f} "
               f"({c['sure_wrong']} of {c['wrong']} wrong with over 90% confidence: "
               f"{c['loss_sure_wrong']:.3f})")
-    path = out_dir / "confidence.png"
-    saving.save_figure(plot_confidence(stats), path)
-    print(f"Wrote {path}")
+    return plot_confidence(stats)
 
 
 def calibration(log_ps, labels, bins=15):

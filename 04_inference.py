@@ -73,8 +73,7 @@ def main(argv=None):
              f"{about}")
     # The tutorial's helper.view_classify(img.view(1, 28, 28), ps, version='Fashion'): ours
     # knows only Fashion-MNIST's classes, so it needs no version, and it takes a title.
-    saving.save_figure(common.view_classify(img, ps, title), path)
-    print(f"Wrote {path}")
+    pictures = {path: common.view_classify(img, ps, title)}
 
     # --------------------------------------------------------------------------- the whole test set
     preds = predict(model, images, device)
@@ -87,14 +86,19 @@ def main(argv=None):
         print(f"{class_name:<12} {right / count if count else float('nan'):.3f}")
     pairs = (confusion + confusion.T).triu(diagonal=1)     # mistakes between two classes, both ways
     a, b = divmod(pairs.argmax().item(), 10)
-    print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, "
-          f"{pairs[a, b].item()} times "
-          f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
-          f"{confusion[b, a].item()} the other way)")
-    for filename, fig in (("confusion_matrix.png", plot_confusion_matrix(confusion)),
-                          ("mistakes.png", plot_mistakes(images, labels, preds))):
-        saving.save_figure(fig, out_dir / filename)
-        print(f"Wrote {out_dir / filename}")
+    times = pairs[a, b].item()
+    if times == 0:
+        print("Confused most often: none; no test image was taken for another class")
+    else:
+        print(f"Confused most often: {common.CLASSES[a]} and {common.CLASSES[b]}, "
+              f"{times} time{'s' * (times > 1)} "
+              f"({confusion[a, b].item()} {common.CLASSES[a]} taken for {common.CLASSES[b]}, "
+              f"{confusion[b, a].item()} the other way)")
+    pictures[out_dir / "confusion_matrix.png"] = plot_confusion_matrix(confusion)
+    pictures[out_dir / "mistakes.png"] = plot_mistakes(images, labels, preds)
+    saving.save_figures(pictures)             # ours: the three pictures of one run, as one set
+    for path in pictures:
+        print(f"Wrote {path}")
     return 0
 
 
@@ -138,7 +142,8 @@ def plot_mistakes(images, labels, preds, columns=8, rows=4):
                 ha="center", va="bottom", fontsize=7)
     ax.imshow(grid.numpy(), cmap="gray", vmin=-1, vmax=1)
     ax.set_axis_off()
-    ax.set_title("Mistakes: what the network said (and the truth)")
+    ax.set_title("Mistakes: what the network said (and the truth)" if wrong
+                 else "No mistakes: every test image was classified right")
     return fig
 
 

@@ -15,12 +15,14 @@ docs/beyond.md has the measured results.
 from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
 
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 from torch import optim
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 import common
 from common import CLASSES, FashionNeuralNetwork
@@ -79,19 +81,21 @@ def one_run(args, seed, trainloader, testloader, device, out_dir):
         run.test_of_best = test_once(model, testloader, device,
                                      f"with the weights of epoch {run.best_epoch}")
     if out_dir:
-        saving.save_run("beyond", run, args.dropout, out_dir)
+        fig = None
         if run.epochs:
             mixed = " (on mixed images)" * bool(args.mixup)
             fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                      f"training{mixed} and validation loss")
-            saving.save_figure(fig, out_dir / "beyond_loss.png")
-    common.print_summary(run)
+        saving.save_run("beyond", run, args.dropout, out_dir, plot=fig)   # the four files, one set
+    common.print_summary(run, cli.divergence_advice(args))
     outcome = {"run": run, "status": cli.exit_status(run),
                "test_accuracy": (run.test_of_best or {}).get("test_accuracy")}
     if args.final_fit and run.epochs and not run.stopped:
         outcome["status"], final = final_fit(args, seed, args.dropout, run.best_epoch,
                                              trainloader, testloader, device, out_dir)
         outcome["test_accuracy"] = final and final["test_accuracy"]
+    elif args.final_fit and out_dir:
+        print(f"No final fit: the first run did not end{earlier_final(out_dir)}.", file=sys.stderr)
     return outcome
 
 
@@ -133,6 +137,10 @@ def parse_args(argv):
                      "(off) or a number of at least 0.001")
     if args.sweep_dropout and len(set(args.sweep_dropout)) < len(args.sweep_dropout):
         parser.error("argument --sweep-dropout: each value once, please")
+    if args.lr * args.weight_decay >= 1:       # AdamW multiplies each weight by 1 - lr * decay
+        parser.error(f"argument --weight-decay: {args.weight_decay:g} times --lr {args.lr:g} is "
+                     f"{args.lr * args.weight_decay:g}, which shrinks every weight past zero at "
+                     f"each step: use a weight decay below {1 / args.lr:g} (0.1 is a good start)")
     return args
 
 
@@ -168,21 +176,36 @@ def final_fit(args, seed, dropout, epochs, trainloader, testloader, device, out_
     epochs, tested once and saved as beyond_final.pt (unless out_dir is None). Returns the exit
     status and the test set's verdict (None when stopped)."""
     print(f"Final fit: a new network on all {len(trainloader.dataset)} training images for the "
-          f"{epochs} epochs chosen (its validation images are now training images too, so their "
-          "numbers judge nothing).")
+          f"{plural(epochs, 'epoch')} chosen (its validation images are now training images too, "
+          "so their numbers judge nothing).")
     _, valloader = hold_out(trainloader, args, seed)                  # the same images as before
     model, final = fit(args, dropout, trainloader, valloader, "validation", device, epochs=epochs)
     if final.stopped:
-        print(f"The final fit stopped after {final.epochs} of its {epochs} epochs: there is no "
-              "final network to test (the first run is saved above).", file=sys.stderr)
+        print(f"The final fit stopped after {final.epochs} of its {plural(epochs, 'epoch')}: there "
+              f"is no final network to test (the first run is saved above)"
+              f"{earlier_final(out_dir) if out_dir else ''}.", file=sys.stderr)
+        if final.stopped == "diverged":
+            print(f"error: the final fit diverged at epoch {final.epochs + 1} "
+                  f"{cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(final), None
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
-                                            f"with the final fit's {epochs} epochs")}
+                                            f"with the final fit's {plural(epochs, 'epoch')}")}
     if out_dir:
         path = out_dir / "beyond_final.pt"
         saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
         print(f"Saved the final fit's network to {path}")
     return 0, metrics
+
+
+def earlier_final(out_dir):
+    """A note naming the beyond_final.pt of an earlier run, if there is one: not this run's."""
+    path = out_dir / "beyond_final.pt"
+    return f"; the {path.name} in {out_dir} is an earlier run's" if path.exists() else ""
+
+
+def plural(n, word):
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def test_once(model, testloader, device, which):
@@ -217,12 +240,13 @@ def sweep(args, trainloader, testloader, device, out_dir):
     print_spread(runs, "dropout")
     chosen, why = (None, None) if run.stopped else choose(runs)
     epochs = chosen is not None and {seed: r.best_epoch for seed, r in runs[chosen].items()}
-    saving.write_json(out_dir / "dropout_sweep.json", {
-        "seeds": list(seeds(args)),
-        "runs": {str(p): {str(seed): saving.history(r) for seed, r in rs.items()}
-                 for p, rs in runs.items()},
-        "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs, "why": why}})
-    saving.save_figure(plot_sweep(runs, chosen), out_dir / "dropout_sweep.png")
+    table = {"seeds": list(seeds(args)),
+             "runs": {str(p): {str(seed): saving.history(r) for seed, r in rs.items()}
+                      for p, rs in runs.items()},
+             "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs, "why": why}}
+    fig = plot_sweep(runs, chosen)
+    saving.write_set({out_dir / "dropout_sweep.json": lambda f: f.write(saving.json_bytes(table)),
+                      out_dir / "dropout_sweep.png": partial(saving.write_figure, fig)})
     print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
     if run.stopped:
         finished = progress.started - 1
@@ -231,6 +255,9 @@ def sweep(args, trainloader, testloader, device, out_dir):
               f"{'its' if finished > 1 else 'the'} {finished} finished "
               f"run{'s are' if finished > 1 else ' is'} drawn and tabled, the stopped one left "
               "out, and no choice is made.", file=sys.stderr)
+        if run.stopped == "diverged":
+            print(f"error: the run of dropout {p}, seed {seed}, diverged at epoch "
+                  f"{run.epochs + 1} {cli.divergence_advice(args)}.", file=sys.stderr)
         return cli.exit_status(run)
     print(f"Chosen: dropout {chosen}. {why}")
     if args.final_fit:
@@ -360,18 +387,50 @@ class Progress:
 
 def hold_out(trainloader, args, seed):
     """--val-split N training images split off to validate on, the same ones for the same seed:
-    a trainloader over the rest (shuffled) and a loader over them (in order)."""
-    images, labels = trainloader.dataset.tensors
-    if not 0 < args.val_split < len(images):
+    a trainloader over the rest (shuffled) and a loader over them (in order). Both draw their
+    batches from the training images where they are: no copy of the set is made."""
+    dataset = trainloader.dataset
+    if not 0 < args.val_split < len(dataset):
         errors.fail(f"--val-split {args.val_split} must leave training images: use a number from "
-                    f"1 to {len(images) - 1}.")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+                    f"1 to {len(dataset) - 1}.")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     val, train = order[:args.val_split], order[args.val_split:]
-    return (common.make_loader(images[train], labels[train], args.batch_size, shuffle=True),
-            common.make_loader(images[val], labels[val], args.batch_size, shuffle=False))
+    return (part_loader(Part(dataset, train), args.batch_size, shuffle=True),
+            part_loader(Part(dataset, val), args.batch_size, shuffle=False))
+
+
+class Part(Dataset):
+    """Some images of a TensorDataset, by index: a batch is copied out of the whole set when it is
+    drawn, the same images in the same order as from a copy of that part."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, positions):
+        return self.dataset[self.indices[positions]]
+
+    @property
+    def tensors(self):
+        """(images, labels) of the part, as TensorDataset.tensors: a copy, made when asked for."""
+        return self.dataset[self.indices]
+
+
+def part_loader(part, batch_size, shuffle):
+    """common.make_loader's DataLoader, over a Part."""
+    sampler = RandomSampler(part) if shuffle else SequentialSampler(part)
+    return DataLoader(part, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                      batch_size=None)
 
 
 # ---------------------------------------------------------------------- augmented and mixed batches
+
+# Images augmented or mixed at a time: the copies made on the way stay under 60 MB, even when a
+# batch is the whole training set (each batch's images are in memory once, and its result once).
+CHUNK = 4096
+
 
 class Augmented:
     """A trainloader whose batches come randomly shifted by up to `shift` pixels, and, with flip,
@@ -384,17 +443,26 @@ class Augmented:
         return len(self.loader)
 
     def __iter__(self):
-        s = self.shift
-        for images, labels in self.loader:                                 # (B, 1, 28, 28)
-            b = len(images)
+        # map() keeps no batch between two steps: only the one being trained on is in memory.
+        return map(self.augment, self.loader)
+
+    def augment(self, batch):
+        images, labels = batch                                             # (B, 1, 28, 28)
+        b, s = len(images), self.shift
+        if self.flip:
+            mirror = torch.rand(b, 1, 1, 1) < 0.5
+        dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))
+        augmented = torch.empty_like(images)
+        for i in range(0, b, CHUNK):
+            part = images[i:i + CHUNK]                                     # (C, 1, 28, 28)
             if self.flip:
-                mirror = torch.rand(b, 1, 1, 1) < 0.5
-                images = torch.where(mirror, images.flip(-1), images)
-            padded = F.pad(images, (s, s, s, s), value=-1.0)      # black border, (B, 1, 32, 32)
-            dy, dx = torch.randint(0, 2 * s + 1, (2, b, 1))
-            rows = (torch.arange(28) + dy)[:, :, None]                       # (B, 28, 1)
-            cols = (torch.arange(28) + dx)[:, None, :]                       # (B, 1, 28)
-            yield padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1), labels
+                part = torch.where(mirror[i:i + CHUNK], part.flip(-1), part)
+            padded = F.pad(part, (s, s, s, s), value=-1.0)        # black border, (C, 1, 32, 32)
+            rows = (torch.arange(28) + dy[i:i + CHUNK])[:, :, None]          # (C, 28, 1)
+            cols = (torch.arange(28) + dx[i:i + CHUNK])[:, None, :]          # (C, 1, 28)
+            which = torch.arange(len(part))[:, None, None]
+            augmented[i:i + CHUNK, 0] = padded[which, 0, rows, cols]
+        return augmented, labels
 
 
 class Mixup:
@@ -411,12 +479,17 @@ class Mixup:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:                                 # (B, 1, 28, 28), (B,)
-            lam = self.beta.sample().item()
-            other = torch.randperm(len(labels))
-            targets = F.one_hot(labels, len(CLASSES)).float()               # (B, 10)
-            yield (lam * images + (1 - lam) * images[other],
-                   lam * targets + (1 - lam) * targets[other])
+        return map(self.mix, self.loader)             # no batch kept between steps, as Augmented
+
+    def mix(self, batch):
+        images, labels = batch                                             # (B, 1, 28, 28), (B,)
+        lam = self.beta.sample().item()
+        other = torch.randperm(len(labels))
+        targets = F.one_hot(labels, len(CLASSES)).float()                   # (B, 10)
+        mixed = torch.empty_like(images)
+        for i in range(0, len(images), CHUNK):
+            mixed[i:i + CHUNK] = lam * images[i:i + CHUNK] + (1 - lam) * images[other[i:i + CHUNK]]
+        return mixed, lam * targets + (1 - lam) * targets[other]
 
 
 # ----------------------------------------------------------------------------------------- pictures

@@ -211,9 +211,9 @@ def overfitting(run):
     return climb > 2 * noise, climb, noise
 
 
-def print_summary(run):
+def print_summary(run, advice="with these settings"):
     """The run in numbers: lowest and final validation loss, the verdict on overfitting, the final
-    accuracy, the speed."""
+    accuracy, the speed; if it blew up, `advice`: what to change (from cli.divergence_advice)."""
     v = run.validated_on
     if run.epochs:
         best, last = run.best_epoch, run.epochs
@@ -233,11 +233,10 @@ def print_summary(run):
               f"{seconds / last:.2f} s per epoch")
     if run.stopped == "diverged":
         print(f"error: the training diverged at epoch {run.epochs + 1} (a loss above "
-              f"{DIVERGED_LOSS:g} or not a number): try a smaller --lr, such as the default 0.003.",
-              file=sys.stderr)
+              f"{DIVERGED_LOSS:g} or not a number) {advice}.", file=sys.stderr)
     elif run.stopped:
-        print(f"Kept the {run.epochs} completed epochs; run again to train all of them.",
-              file=sys.stderr)
+        print(f"Kept the {run.epochs} completed epoch{'s' * (run.epochs != 1)}; run again to "
+              "train all of them.", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- "Inference" (step 4)

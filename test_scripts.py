@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import copy
 import errno
+import gc
 import gzip
 import hashlib
 import importlib
@@ -1299,7 +1300,7 @@ class MistakeTests(TinyDataTestCase):
     def test_bad_flag_values_name_the_flag_and_the_range(self):
         cases = [(baseline, ["--epochs", "0"], "--epochs", "at least 1"),
                  (baseline, ["--epochs", "-3"], "--epochs", "at least 1"),
-                 (baseline, ["--batch-size", "0"], "--batch-size", "from 1 to 60000"),
+                 (baseline, ["--batch-size", "0"], "--batch-size", "from 1 to 30000"),
                  (baseline, ["--lr", "0"], "--lr", "greater than 0"),
                  (baseline, ["--lr", "-1"], "--lr", "greater than 0"),
                  (baseline, ["--lr", "nan"], "--lr", "greater than 0"),
@@ -1318,7 +1319,7 @@ class MistakeTests(TinyDataTestCase):
         for module in (baseline, dropout, beyond):
             for seed in ("-1", str(2 ** 64), "1.5"):
                 self.assert_refused(module, ["--seed", seed], "--seed", f"from 0 to {top}")
-        self.assert_refused(baseline, ["--batch-size", "60001"], "--batch-size", "from 1 to 60000")
+        self.assert_refused(baseline, ["--batch-size", "30001"], "--batch-size", "from 1 to 30000")
         self.assert_refused(baseline, ["--lr", "inf"], "--lr", "greater than 0")
         self.assert_refused(beyond, ["--weight-decay", "inf"], "--weight-decay", "at least 0")
 
@@ -1368,10 +1369,10 @@ class MistakeTests(TinyDataTestCase):
         self.assertEqual(status, 1)
         self.assertEqual(err.count("\n"), 1, err)
         self.assertIn(f"could not write {self.out_dir / 'baseline.pt'} (No space left on device", err)
-        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
-        for name in ("baseline.pt", "baseline_best.pt"):                # the earlier good files, intact
-            self.assertEqual((self.out_dir / name).read_bytes(), before[name])
-        self.assertEqual(len(json.loads((self.out_dir / "baseline_history.json").read_text())["accuracies"]), 2)
+        self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt, baseline_loss.png", err)
+        for name in before:                              # the earlier run's whole set, intact
+            self.assertEqual((self.out_dir / name).read_bytes(), before[name], name)
+        self.assertEqual(len(json.loads((self.out_dir / "baseline_history.json").read_text())["accuracies"]), 1)
         self.assertEqual(leftovers(self.out_dir), [])
 
     def test_index_outside_the_test_set(self):
@@ -1630,9 +1631,9 @@ class OutputTests(TinyDataTestCase):
         (self.out_dir / "baseline.pt").mkdir(parents=True)
         status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
         self.assertEqual(status, 1, err)
-        self.assertIn("not saved: baseline.pt, baseline_best.pt", err)
+        self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt", err)
         self.assertIn("Move away the folder of that name", err)
-        self.assertTrue((self.out_dir / "baseline_history.json").is_file())   # saved before it
+        self.assertFalse((self.out_dir / "baseline_history.json").exists())   # found before any file
 
     def test_a_closed_pipe_ends_quietly_with_141(self):           # python 01_data.py | head -1
         class ClosedPipe(io.StringIO):
@@ -2124,10 +2125,12 @@ def keep_figures_unwritten(test):
     """Until the test ends, the scripts' figures are drawn but not written as PNG files (other
     tests check the files; writing them is most of a short run's time): returns them by name."""
     figures = {}
-    patch = mock.patch.object(saving, "save_figure",
-                              lambda fig, path: figures.__setitem__(Path(path).name, fig))
-    patch.start()
-    test.addCleanup(patch.stop)
+    for name, keep in (("save_figure", lambda fig, path: figures.__setitem__(Path(path).name, fig)),
+                       ("save_figures", lambda pictures: figures.update(
+                           {Path(path).name: fig for path, fig in pictures.items()}))):
+        patch = mock.patch.object(saving, name, keep)
+        patch.start()
+        test.addCleanup(patch.stop)
     return figures
 
 
@@ -2426,6 +2429,379 @@ class LessonInferenceTests(TinyDataTestCase):
         named = [t.get_text() for t in figures["mistakes.png"].axes[0].texts]
         self.assertEqual(named, [f"{common.CLASSES[preds[i]]}\n(is {common.CLASSES[labels[i]]})"
                                  for i in wrong[:32]])
+
+
+
+# ----------------------------------------------------------------------------- every failure its true cause; a run's files one set
+
+def as_script(body):
+    """A stand-in for a script module whose main() runs `body`."""
+    return argparse.Namespace(main=lambda argv: body() or 0)
+
+
+class WriteErrorTests(TinyDataTestCase):
+    """Each failed write says its own cause and what to do; the cleanup never hides it."""
+
+    FIXES = {errno.ENOSPC: "Free some space on that disk", errno.EDQUOT: "Free some space within your disk quota",
+             errno.EFBIG: "Raise that limit (ulimit -f)", errno.ENOENT: "Make that folder again",
+             errno.EROFS: "Remount that disk writable", errno.ENAMETOOLONG: "Choose a shorter folder path",
+             errno.EACCES: "Make that folder writable", errno.EPERM: "Make that folder and its files writable",
+             errno.EISDIR: "Move away the folder of that name", errno.EIO: "Check that disk and folder"}
+
+    def test_each_errno_names_its_cause_and_only_a_full_disk_or_quota_speaks_of_space(self):
+        self.out_dir.mkdir()
+        for code, fix in self.FIXES.items():
+            with self.subTest(errno.errorcode[code]):
+                error = OSError(code, os.strerror(code))
+                # As on a read-only disk or with a name too long: the cleanup fails as the write did.
+                path = self.out_dir / ("gone" if code == errno.ENOENT else "") / "a.json"
+                with mock.patch.object(saving, "open", side_effect=error, create=True), \
+                        mock.patch.object(Path, "unlink", side_effect=OSError(code, os.strerror(code), "x.tmp")):
+                    status, out, err = run_main(as_script(lambda: saving.write_json(path, {})))
+                self.assertEqual(status, 1, err)
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn(f"error: could not write {path} ({os.strerror(code)}", err)
+                self.assertIn(f"the file was left as it was. {fix} or pass another --out-dir", err)
+                self.assertEqual("space" in err, code in (errno.ENOSPC, errno.EDQUOT), err)
+                if code == errno.EIO:                          # any other errno, by its own name too
+                    self.assertIn("Input/output error, EIO", err)
+
+    def test_a_missing_file_is_a_folder_gone_only_when_the_folder_is_gone(self):
+        self.out_dir.mkdir()
+        with mock.patch.object(saving.os, "replace", side_effect=FileNotFoundError(errno.ENOENT, "No such file or directory")), \
+                self.assertRaises(errors.WriteError) as caught:     # the folder is there: its file was removed
+            saving.write_json(self.out_dir / "a.json", {})
+        self.assertIn("(No such file or directory: its temporary file was removed while it was written)",
+                      str(caught.exception))
+        self.assertEqual(caught.exception.fix, "Check what removes files in that folder")
+
+    def test_a_name_too_long_is_told_as_such_not_as_its_temporary_files_cleanup(self):
+        self.out_dir.mkdir()
+        with self.assertRaises(errors.WriteError) as caught:       # a real ENAMETOOLONG, twice
+            saving.write_json(self.out_dir / ("x" * 250 + ".json"), {})
+        self.assertIn("File name too long", str(caught.exception))
+        self.assertEqual(caught.exception.fix, "Choose a shorter folder path")
+
+    def test_a_file_size_limit_is_told_as_such_and_does_not_kill_the_run(self):
+        # A real limit (ulimit -f) in a child process. Python ignores SIGXFSZ, so a write past it
+        # fails with EFBIG instead of killing the run. The child stands torch and torchvision in
+        # for themselves: saving's writes do not use them, and importing them would take seconds.
+        child = """if True:
+            import resource, sys, types
+            for name in ("torch", "torchvision", "torchvision.datasets"):
+                sys.modules[name] = types.ModuleType(name)
+            sys.modules["torchvision"].datasets = sys.modules["torchvision.datasets"]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
+            from plumbing import errors, saving
+            try:
+                saving.write_json(sys.argv[1], {"losses": [0.5] * 50000})
+            except errors.WriteError as e:
+                print(f"{e} | {e.fix}")
+        """
+        self.out_dir.mkdir()
+        result = subprocess.run([sys.executable, "-c", child, str(self.out_dir / "big.json")], cwd=HERE,
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("(File too large: over the largest file this process may write)", result.stdout)
+        self.assertIn("| Raise that limit (ulimit -f)", result.stdout)
+        self.assertEqual(leftovers(self.out_dir), [])
+        self.assertFalse((self.out_dir / "big.json").exists())
+
+
+class FailingFile(io.FileIO):
+    """A temporary file being written whose writes raise `error` past its first `after` bytes."""
+    error, after = None, 0
+
+    def write(self, data):
+        if self.tell() + len(data) > self.after:
+            raise self.error
+        return super().write(data)
+
+
+def failing_open(error, which=".pt.", after=1000):
+    """saving's open(), with the temporary files whose name holds `which` failing as FailingFile."""
+    real_open = open
+
+    def opener(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".tmp") and which in str(path):
+            f = FailingFile(path, mode.replace("b", ""))
+            f.error, f.after = error, after
+            return f
+        return real_open(path, mode, *args, **kwargs)
+    return mock.patch.object(saving, "open", opener, create=True)
+
+
+class RunSetTests(TinyDataTestCase):
+    """A script's files are one set: after a failure or a stop, the whole new set or the whole earlier one."""
+
+    def test_a_failure_anywhere_in_the_set_leaves_the_whole_earlier_set(self):
+        self.train_script(baseline)
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        for which in ("history", "_best.pt", "_loss.png"):
+            with self.subTest(which), failing_open(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), which, after=0):
+                status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+            self.assertEqual(status, 1, err)
+            self.assertIn("not saved: baseline_history.json, baseline.pt, baseline_best.pt, baseline_loss.png", err)
+            self.assertEqual({p.name: p.read_bytes() for p in self.out_dir.iterdir()}, before)
+
+    def test_a_stop_between_the_renames_lands_after_the_whole_new_set(self):
+        self.train_script(baseline)
+        real_replace = os.replace
+
+        def replace_then_ctrl_c(source, target):
+            real_replace(source, target)
+            if str(target).endswith("_history.json"):
+                signal.raise_signal(signal.SIGINT)          # a real Ctrl-C, after the first rename
+
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)     # as in a terminal
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        with mock.patch.object(saving.os, "replace", replace_then_ctrl_c):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 2, "--seed", 1)
+        self.assertEqual(status, 130, err)
+        self.assertIn("Stopped: the files already written are complete.", err)
+        for name, data in before.items():                       # every file of the set is the new run's
+            self.assertNotEqual((self.out_dir / name).read_bytes(), data, name)
+        _, last = saving.load_checkpoint(self.out_dir / "baseline.pt", FashionNeuralNetwork, torch.device("cpu"))
+        self.assertEqual(last["epoch"], 2)
+        self.assertEqual(leftovers(self.out_dir), [])
+
+    def test_a_rename_that_fails_midway_names_the_stale_files(self):
+        self.train_script(baseline)
+        real_replace = os.replace
+
+        def second_rename_fails(source, target):
+            if str(target).endswith("baseline.pt"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_replace(source, target)
+
+        with mock.patch.object(saving.os, "replace", second_rename_fails):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 2)
+        self.assertEqual(status, 1, err)
+        self.assertIn("(Input/output error, EIO): saved: baseline_history.json; not saved: baseline.pt, "
+                      f"baseline_best.pt, baseline_loss.png, so those of them in {self.out_dir} are an earlier "
+                      "run's (stale)", err)
+        self.assertEqual(leftovers(self.out_dir), [])
+
+    def test_03_never_draws_baseline_files_of_two_runs_as_one(self):
+        self.train_script(baseline)
+        self.train_script(baseline, "--epochs", 2, "--out-dir", self.tmp / "other")
+        (self.out_dir / "baseline.pt").write_bytes((self.tmp / "other" / "baseline.pt").read_bytes())
+        out = self.train_script(dropout)
+        self.assertIn(f"confidence.png not written: baseline.pt and baseline_history.json in {self.out_dir} are "
+                      "from two different runs", out)
+        self.assertIn("run 02_baseline.py again.", out)
+        self.assertFalse((self.out_dir / "confidence.png").exists())
+        self.assertTrue(is_png(self.out_dir / "baseline_vs_dropout.png"))     # the history alone is one run
+
+    def test_04_writes_its_three_pictures_as_one_set(self):
+        self.use_trained_dropout()
+        (self.out_dir / "mistakes.png").mkdir()
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 1, err)
+        self.assertIn("not saved: inference.png, confusion_matrix.png, mistakes.png", err)
+        self.assertFalse((self.out_dir / "inference.png").exists())
+        self.assertFalse((self.out_dir / "confusion_matrix.png").exists())
+
+    def test_temporary_names_do_not_collide_between_hosts_or_containers_with_the_same_pid(self):
+        self.out_dir.mkdir()
+        path = self.out_dir / "shared.json"
+        with mock.patch.object(os, "getpid", return_value=1):        # PID 1 in two containers
+            with saving.atomic_write(path) as first:
+                with saving.atomic_write(path) as second:
+                    second.write(b"second")
+                first.write(b"first")
+        self.assertEqual(path.read_bytes(), b"first")
+        self.assertEqual(leftovers(self.out_dir), [])
+
+
+class StopWhileSavingTests(TinyDataTestCase):
+    """A Ctrl-C, SIGTERM or SIGHUP that lands inside torch.save is a stop, not a disk error."""
+
+    def test_a_stop_inside_torch_save_is_the_documented_stop_and_leaves_the_earlier_set(self):
+        self.train_script(baseline)
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        for stop, status in ((KeyboardInterrupt(), 130), (cli.Terminated(signal.SIGTERM), 143),
+                             (cli.Terminated(signal.SIGHUP), 129)):
+            with self.subTest(status=status):
+                # The real torch.save, writing to a file whose write() raises the stop: it reports
+                # it as a RuntimeError ("unexpected pos") raised while handling the stop.
+                with failing_open(stop):
+                    code, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+                self.assertEqual(code, status, err)
+                self.assertNotIn("error", err)
+                self.assertIn("Stopped: not saved: baseline_history.json, baseline.pt, baseline_best.pt, "
+                              "baseline_loss.png; those of them in", err)
+                self.assertEqual({p.name: p.read_bytes() for p in self.out_dir.iterdir()}, before)
+
+    def test_fail_lets_a_wrapped_stop_go_on(self):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("a library's own error")
+        except RuntimeError:
+            with self.assertRaises(KeyboardInterrupt):
+                errors.fail("not this")
+
+
+class DivergenceAdviceTests(TinyDataTestCase):
+    """The advice after a blow-up names the settings in use; settings that cannot train are refused first."""
+
+    def diverge(self, *args):
+        real_keep = saving.keep_weights
+
+        def poisoned(weights, model, epoch, *rest):
+            weights = real_keep(weights, model, epoch, *rest)
+            if epoch == 1:
+                with torch.no_grad():
+                    model.layer_input.weight.fill_(float("nan"))
+            return weights
+
+        with mock.patch.object(saving, "keep_weights", poisoned):
+            status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, *args)
+        self.assertEqual(status, 1, err)
+        return err
+
+    def test_the_advice_names_the_settings_in_use(self):
+        err = self.diverge()
+        self.assertNotIn("such as the default 0.003", err)          # 0.003 is the lr in use
+        self.assertIn("with the default settings: try a smaller --lr than the 0.003 in use", err)
+        err = self.diverge("--lr", 0.5, "--weight-decay", 0.1)
+        self.assertIn("with --lr 0.5, --weight-decay 0.1: try a smaller --lr, such as the default 0.003", err)
+        err = self.diverge("--batch-size", 8)
+        self.assertIn("with --batch-size 8: try a smaller --lr than the 0.003 in use, such as 0.0003, or a "
+                      "larger --batch-size, such as the default 64", err)
+
+    def test_a_weight_decay_that_shrinks_weights_past_zero_is_refused_before_training(self):
+        with mock.patch.object(common, "load_data", side_effect=AssertionError("trained first")):
+            self.assert_refused(beyond, ["--weight-decay", 1000], "argument --weight-decay",
+                                "1000 times --lr 0.003 is 3", "below 333.333")
+            self.assert_refused(beyond, ["--weight-decay", 10, "--lr", 0.1], "argument --weight-decay")
+        self.assertEqual(beyond.parse_args(["--weight-decay", "300"]).weight_decay, 300)    # 0.9: it trains
+
+
+class EdgeNumberTests(TinyDataTestCase):
+    """Zero losses, one epoch, no mistakes, a stopped sweep: each told truly."""
+
+    def test_a_validation_loss_of_zero_is_summed_up_and_05_still_tests_once(self):
+        real_train = common.train
+
+        def perfect(*args, **kwargs):
+            run = real_train(*args, **kwargs)
+            run.test_losses[:] = [0.0] * run.epochs
+            return run
+
+        with mock.patch.object(common, "train", perfect):
+            out = self.train_script(beyond, "--val-split", 60)
+        self.assertIn("Lowest validation loss: 0.000", out)
+        self.assertIn("Test set, once, with the weights of epoch 1", out)
+
+    def test_one_epoch_is_one_epoch(self):
+        out = self.train_script(beyond, "--val-split", 60, "--final-fit")
+        self.assertIn("Saved 1 epoch to", out)
+        self.assertIn("for the 1 epoch chosen", out)
+        self.assertIn("with the final fit's 1 epoch:", out)
+        real_train = common.train
+
+        def stopped(*args, **kwargs):
+            run = real_train(*args, **kwargs)
+            run.stopped = "interrupted"
+            return run
+
+        with mock.patch.object(baseline, "train", stopped):
+            status, out2, err = run_main(baseline, *self.paths(), "--epochs", 1)
+        self.assertEqual(status, 130)
+        self.assertIn("Kept the 1 completed epoch;", err)
+        self.assertIsNone(re.search(r"\b1 epochs\b", out + out2 + err))
+
+    def test_04_with_no_mistakes_names_no_confused_pair(self):
+        self.use_trained_dropout()
+        with mock.patch.object(inference, "predict", side_effect=lambda model, images, device: self.load()[1].dataset.tensors[1]):
+            status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertIn("Confused most often: none; no test image was taken for another class", out)
+        self.assertNotIn("T-shirt/top and T-shirt/top", out)
+
+    def test_a_stopped_sweep_says_what_it_draws(self):
+        real_train, seen = common.train, []
+
+        def second_stopped_after_one_epoch(*a, **k):
+            seen.append(1)
+            if len(seen) == 2:
+                run = real_train(*a[:5], 1, *a[6:], **k)
+                run.stopped = "interrupted"
+                return run
+            return real_train(*a, **k)
+
+        with mock.patch.object(common, "train", second_stopped_after_one_epoch):
+            status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, "--val-split", 60,
+                                        "--sweep-dropout", 0.1, 0.3, 0.5)
+        self.assertEqual(status, 130, err)
+        self.assertIn("The sweep stopped during its run 2 of 3 (dropout 0.3, seed 0), after 1 of its 2 epochs: "
+                      "the 1 finished run is drawn and tabled, the stopped one left out, and no choice is made.",
+                      err)
+
+
+class MemoryTests(TinyDataTestCase):
+    """Every flag of 05_beyond.py keeps memory bounded: one batch in memory at a time, no copy of the
+    training set, freed blocks given back (docs/speed.md measures the full data)."""
+
+    @staticmethod
+    def live_tensor_bytes():
+        storages = {}
+        for obj in gc.get_objects():
+            if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":
+                storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+        return sum(storages.values())
+
+    def test_a_step_of_05_holds_one_batch_beside_the_training_set(self):
+        n = 3000
+        images, labels = torch.rand(n, 1, 28, 28) * 2 - 1, torch.arange(n) % 10
+        trainloader = common.make_loader(images, labels, n, shuffle=True)
+        batch = images.nbytes
+        before = self.live_tensor_bytes()
+        args = argparse.Namespace(val_split=1, seed=0, batch_size=n)
+        fitloader, _ = beyond.hold_out(trainloader, args, 0)
+        loader = beyond.Mixup(beyond.Augmented(fitloader, shift=2, flip=True), alpha=0.2)
+        for mixed, targets in loader:               # as common.train holds it while it trains
+            extra = self.live_tensor_bytes() - before
+            self.assertLess(extra, 1.1 * batch, f"{extra / batch:.1f} batches besides the training set")
+            del mixed, targets
+
+    def test_freed_blocks_of_a_megabyte_and_more_go_back_to_the_system(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            self.skipTest("glibc only")
+        child = """if True:
+            import ctypes, sys
+            from plumbing import memory
+            if sys.argv[1] == "fixed":
+                memory.give_back_freed_blocks()
+            libc = ctypes.CDLL(None)
+            libc.malloc.restype = ctypes.c_void_p
+            libc.free.argtypes = [ctypes.c_void_p]
+            def rss():
+                return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+            def touch_and_free(mb):
+                p = libc.malloc(mb * 2 ** 20)
+                ctypes.memset(p, 1, mb * 2 ** 20)
+                libc.free(p)
+            touch_and_free(30)                # freed, it would raise glibc's threshold to 30 MB
+            before = rss()
+            touch_and_free(20)
+            print(rss() - before)
+        """
+        kept = {}
+        for how in ("fixed", "glibc's own"):
+            result = subprocess.run([sys.executable, "-c", child, how], cwd=HERE, capture_output=True,
+                                    text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            kept[how] = int(result.stdout) / 1024               # MB still held after the free
+        self.assertGreater(kept["glibc's own"], 15, kept)         # the reason for the fix, still there
+        self.assertLess(kept["fixed"], 2, kept)
+
+    def test_a_batch_larger_than_half_the_training_set_is_refused(self):
+        self.assert_refused(beyond, ["--batch-size", 30001], "--batch-size", "from 1 to 30000")
 
 
 if __name__ == "__main__":

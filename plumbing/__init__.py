@@ -6,6 +6,7 @@
     saving     safe writes, histories and checkpoints
     datafiles  finding, checking and unpacking the four Fashion-MNIST files
     photo      preparing a learner's own photo for 04_inference.py --image
+    memory     giving freed memory back to the system at once
 
 Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
 script imports plumbing before matplotlib, which then imports whatever MPLBACKEND a launcher sets.

@@ -4,7 +4,8 @@ an exit status.
 Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely (its finished epochs
 saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; output the console cannot
 encode is escaped; run under %run, a script leaves the host's signal handlers as it found them;
-a bad flag value is refused in the parser's voice, saying the range it takes.
+a bad flag value is refused in the parser's voice, saying the range it takes; a run that blew up
+is told what to change, from the settings it ran with.
 """
 import argparse
 import math
@@ -17,11 +18,15 @@ from pathlib import Path
 import torch
 from torch.torch_version import TorchVersion
 
-from plumbing import threads
+from plumbing import memory, threads
 from plumbing.errors import WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "outputs"
+DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.003, 64                     # the tutorial's
+# A training step holds about 10 kB per image of its batch: half the training set at once keeps
+# every run of every script under 1.5 GB (docs/speed.md); the whole set would reach 1.5 GB.
+MAX_BATCH_SIZE = 30000
 # How a run ended (common.train's Run.stopped) as the shell's exit status.
 EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
 
@@ -29,6 +34,25 @@ EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "h
 def exit_status(run):
     """The exit status for how a training run ended."""
     return EXIT_STATUS[run.stopped]
+
+
+def divergence_advice(args):
+    """What to change after a training blew up, said from the settings in use: the learning rate
+    sizes every step; a batch smaller than the default makes more steps, each noisier. The ones
+    changed from their defaults are named; weight decay (refused where lr times it reaches 1) only
+    shrinks the weights, so it is named but never blamed."""
+    settings = (("--lr", args.lr, DEFAULT_LR),
+                ("--batch-size", args.batch_size, DEFAULT_BATCH_SIZE),
+                ("--weight-decay", getattr(args, "weight_decay", 0.0), 0.0))
+    changed = ", ".join(f"{flag} {value:g}" for flag, value, default in settings
+                        if value != default)
+    if args.lr > DEFAULT_LR:
+        advice = f"try a smaller --lr, such as the default {DEFAULT_LR:g}"
+    else:
+        advice = f"try a smaller --lr than the {args.lr:g} in use, such as {args.lr / 10:g}"
+        if args.batch_size < DEFAULT_BATCH_SIZE:
+            advice += f", or a larger --batch-size, such as the default {DEFAULT_BATCH_SIZE}"
+    return f"with {changed or 'the default settings'}: {advice}"
 
 
 # ------------------------------------------------------------------------------- the script runner
@@ -98,6 +122,7 @@ def _escape_what_cannot_be_encoded(stream):
 
 def _run(main):
     """run_script's work: main() run, its end turned into an exit status."""
+    memory.give_back_freed_blocks()
     signal.signal(signal.SIGTERM, _terminate)
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
@@ -108,13 +133,13 @@ def _run(main):
             status = main()
         if sys.stdout:                   # None when the script was started with stdout closed
             sys.stdout.flush()
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt as stop:    # outcome: what became of the files it stopped saving
         with suppress(OSError):
-            print("\nStopped: the files already written are complete.", file=sys.stderr)
+            print(f"\nStopped: {getattr(stop, 'outcome', 'the files already written are complete')}"
+                  ".", file=sys.stderr)
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
-        status = _say(f"{e}: the file was left as it was. {e.fix} or pass another --out-dir, "
-                      "and run again.", 1)
+        status = _say(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
     except OSError as e:
         if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
             _silence(sys.stdout)
@@ -179,9 +204,11 @@ def make_training_parser(doc):
     """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=_number(int, 1, 60001), default=64,
-                        help="images per batch")
-    parser.add_argument("--lr", type=positive_float, default=0.003, help="Adam's learning rate")
+    parser.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH_SIZE + 1),
+                        default=DEFAULT_BATCH_SIZE,
+                        help=f"images per batch, at most {MAX_BATCH_SIZE} (half the training set)")
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
+                        help="Adam's learning rate")
     parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
                         help="random seed: the same seed gives the same run")
     add_device_arg(parser)

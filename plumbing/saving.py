@@ -2,22 +2,28 @@
 
 Keeps safe: every file a script writes. Each is written under a temporary name and renamed into
 place only when complete, so a crash, a kill or a full disk leaves the old file or the new one,
-never half of one; what is read back (a history, a checkpoint) is checked before it is used.
+never half of one; a script's files are renamed into place as one set, so they are all of one
+run; what is read back (a history, a checkpoint) is checked before it is used.
 """
+import errno
 import json
 import os
 import pickle
 import pickletools
 import shutil
+import signal
 import tempfile
+import threading
+import uuid
 import zipfile
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 import torch
 from torchvision import datasets
 
-from plumbing.errors import BadFile, WriteError, fail
+from plumbing.errors import BadFile, WriteError, fail, interrupt_in
 
 # No history of these scripts holds a loss per image this large (an untrained network's is 2.3).
 LARGEST_LOSS = 1000.0
@@ -31,33 +37,120 @@ def atomic_write(path):
     a crash, a kill or an exception at any moment leaves the old file or the new one, never half
     of one. A full disk, a lost permission or a serializer's error becomes a WriteError."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError, pickle.PicklingError) as e:
-        # torch.save reports a failed write as "unexpected pos": the OSError behind it says why.
-        cause = next((c for c in (e, e.__cause__, e.__context__)
-                      if isinstance(c, OSError) and c.strerror), None)
-        reason = cause.strerror if cause else str(e).strip().splitlines()[0][:120]
-        with suppress(OSError):
-            reason += f"; {shutil.disk_usage(path.parent).free // 2**20} MB free on that disk"
-        raise WriteError(f"could not write {path} ({reason})", cause and cause.errno) from e
+        with _write_errors(path):
+            with open(tmp, "xb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):         # a failed cleanup never hides the failure that caused it
+            tmp.unlink(missing_ok=True)
+
+
+def write_set(writers):
+    """Write several files as one set ({path: write(f)}): each under a temporary name, then all
+    renamed into place together, with Ctrl-C and signals held off for those few renames. A failure
+    or a stop before leaves every file as it was; a WriteError or a KeyboardInterrupt says so in
+    its .outcome, or names the files of the set that are not this run's."""
+    paths = [Path(path) for path in writers]
+    names = ", ".join(path.name for path in paths)
+    kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
+            "from an earlier run" if len(paths) > 1 else "the file was left as it was")
+    temporary = {}
+    try:
+        for path in paths:
+            if path.is_dir():          # found now, before any file of the set is replaced
+                raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
+                                 kept)
+        try:
+            for path, write in zip(paths, writers.values()):
+                tmp = temporary[path] = temporary_name(path)
+                with _write_errors(path, kept), open(tmp, "xb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except KeyboardInterrupt as stop:
+            stop.outcome = kept
+            raise
+        with _signals_held():
+            for n, path in enumerate(paths):
+                with _write_errors(path, _half_saved(paths, n) if n else kept):
+                    os.replace(temporary[path], path)
+    finally:
+        for tmp in temporary.values():
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def _half_saved(paths, n):
+    """What became of a set whose n-th rename failed: the files before it are new, the rest not."""
+    return (f"saved: {', '.join(p.name for p in paths[:n])}; not saved: "
+            f"{', '.join(p.name for p in paths[n:])}, so those of them in {paths[0].parent} are an "
+            "earlier run's (stale)")
+
+
+def temporary_name(path):
+    """A name beside `path` for writing it, used by no other writer: not by another process, nor
+    by one of another host or container sharing the folder, where the same PID can run."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
+
+
+@contextmanager
+def _write_errors(path, outcome="the file was left as it was"):
+    """Any failure to write `path` as a WriteError that names its cause; a Ctrl-C or a signal that
+    torch.save wrapped in a RuntimeError as the stop it is."""
+    try:
+        yield
+    except (OSError, RuntimeError, pickle.PicklingError) as e:
+        stop = interrupt_in(e)
+        if stop:
+            raise stop
+        raise WriteError(path, e, outcome) from e
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP held off while the block runs, then raised as they would have
+    been: a set of files is renamed into place whole. Only the main thread handles signals."""
+    caught, held = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and callable(signal.getsignal(sig)):
+                held[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+    if caught:
+        held[caught[0]](caught[0], None)      # raises the stop: KeyboardInterrupt or Terminated
 
 
 def write_json(path, obj):
     with atomic_write(path) as f:
-        f.write((json.dumps(obj, indent=1) + "\n").encode())
+        f.write(json_bytes(obj))
+
+
+def json_bytes(obj):
+    return (json.dumps(obj, indent=1) + "\n").encode()
 
 
 def save_figure(fig, path):
     with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=110)
+        write_figure(fig, f)
+
+
+def write_figure(fig, f):
+    fig.savefig(f, format="png", dpi=110)
+
+
+def save_figures(figures):
+    """Pictures ({path: Figure}) written as one set, each a PNG."""
+    write_set({path: partial(write_figure, fig) for path, fig in figures.items()})
 
 
 def prepare_out_dir(out_dir):
@@ -101,25 +194,45 @@ def history(run):
             "test_losses": run.test_losses, "accuracies": run.accuracies, "seconds": run.seconds}
 
 
-def save_run(name, run, dropout, out_dir):
-    """Write NAME_history.json, NAME.pt (the last epoch), NAME_best.pt (lowest validation loss)."""
+def save_run(name, run, dropout, out_dir, plot=None):
+    """Write NAME_history.json, NAME.pt (the last epoch), NAME_best.pt (lowest validation loss) and
+    the figure `plot` as NAME_loss.png, as one set (write_set)."""
     if not run.epochs:
         print("No epoch was completed: nothing to save.")
         return
     out_dir = Path(out_dir)
-    files = {f"{name}_history.json": lambda path: write_json(path, history(run)),
-             f"{name}.pt": lambda path: save_checkpoint(path, run.weights[run.epochs], dropout,
-                                                        metrics(run, run.epochs)),
-             f"{name}_best.pt": lambda path: save_checkpoint(path, run.weights[run.best_epoch],
-                                                             dropout, metrics(run, run.best_epoch))}
-    for n, (filename, write) in enumerate(files.items()):
-        try:
-            write(out_dir / filename)
-        except WriteError as e:
-            fail(f"{e}: not saved: {', '.join(list(files)[n:])}; the files before them are "
-                 f"complete. {e.fix} or pass another --out-dir, and train again.", 1)
-    print(f"Saved {run.epochs} epoch{'s' * (run.epochs > 1)} to {out_dir}: {name}_history.json, "
-          f"{name}.pt (epoch {run.epochs}), {name}_best.pt (epoch {run.best_epoch})")
+    last, best = run.epochs, run.best_epoch
+    files = {f"{name}_history.json": lambda f: f.write(json_bytes(history(run))),
+             f"{name}.pt": lambda f: torch.save(checkpoint(run.weights[last], dropout,
+                                                           metrics(run, last)), f),
+             f"{name}_best.pt": lambda f: torch.save(checkpoint(run.weights[best], dropout,
+                                                                metrics(run, best)), f)}
+    if plot is not None:
+        files[f"{name}_loss.png"] = partial(write_figure, plot)
+    try:
+        write_set({out_dir / filename: write for filename, write in files.items()})
+    except WriteError as e:
+        fail(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and train again.", 1)
+    print(f"Saved {last} epoch{'s' * (last != 1)} to {out_dir}: {name}_history.json, {name}.pt "
+          f"(epoch {last}), {name}_best.pt (epoch {best}){f', {name}_loss.png' * bool(plot)}")
+
+
+def check_same_run(checkpoint_path, checkpoint, history_path, redo):
+    """BadFile, ending with `redo`, unless a last-epoch checkpoint (NAME.pt, as read_checkpoint
+    returns it) holds the numbers of the last epoch of the history beside it, as one save_run
+    writes them: pictures of both would otherwise show two runs as one. A history that cannot be
+    read is not compared: nothing of it is shown."""
+    try:
+        h = read_history(history_path)
+    except BadFile:
+        return
+    m, v, n = checkpoint.get("metrics") or {}, h["validated_on"], len(h["test_losses"])
+    if (m.get("epoch"), m.get("train_loss"), m.get(f"{v}_loss")) != \
+            (n, h["train_losses"][-1], h["test_losses"][-1]):
+        raise BadFile(f"{Path(checkpoint_path).name} and {Path(history_path).name} in "
+                      f"{Path(history_path).parent} are from two different runs (the checkpoint "
+                      f"is not of the history's last epoch, {n}, with its losses; a save was cut "
+                      f"short, or two runs wrote there at once): {redo}.")
 
 
 def read_history(path):
@@ -151,12 +264,16 @@ def read_history(path):
 # ------------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state_dict, dropout, metrics):
-    """A dict that rebuilds the network alone: weights, dropout, class names, epoch and metrics."""
-    checkpoint = {"state_dict": state_dict, "dropout": dropout,
-                  "classes": list(datasets.FashionMNIST.classes), "epoch": metrics["epoch"],
-                  "metrics": metrics}
+    """Write checkpoint(...) to `path`."""
     with atomic_write(path) as f:
-        torch.save(checkpoint, f)
+        torch.save(checkpoint(state_dict, dropout, metrics), f)
+
+
+def checkpoint(state_dict, dropout, metrics):
+    """A dict that rebuilds the network alone: weights, dropout, class names, epoch and metrics."""
+    return {"state_dict": state_dict, "dropout": dropout,
+            "classes": list(datasets.FashionMNIST.classes), "epoch": metrics["epoch"],
+            "metrics": metrics}
 
 
 def load_checkpoint(path, network, device):
