@@ -454,7 +454,7 @@ class ThreadRuleTests(unittest.TestCase):
 
     def test_the_candidates_for_2_to_16_cores(self):
         self.assertEqual([threads_module.candidates(n) for n in (1, 2, 4, 8, 16)],
-                         [[1], [2, 1], [4, 3, 2, 1], [8, 7, 4, 1], [16, 15, 8, 1]])
+                         [[1], [1, 2], [1, 2, 3, 4], [1, 4, 7, 8], [1, 8, 15, 16]])
 
     def test_the_fastest_count_is_kept_and_a_slowdown_makes_it_choose_again(self):
         window = threads_module.WINDOW
@@ -515,7 +515,7 @@ class ThreadRuleTests(unittest.TestCase):
                     optimizer = optim.SGD(model.parameters(), lr=0.1)
                     for _ in range(threads_module.WINDOW + 2):     # the steps reach the chooser
                         optimizer.step()
-                    self.assertIn(2, chooser.timed)
+                    self.assertIn(1, chooser.timed)                 # one thread, timed first
                     torch.set_num_threads(1)
                 self.assertEqual(torch.get_num_threads(), 2)
         finally:

@@ -28,9 +28,10 @@ SLOWER = 1.5          # a window this much slower than the choice's own time: ti
 
 
 def candidates(threads):
-    """The thread counts worth timing on `threads` cores, fewest last: all of them, all but the
-    one another program may hold, half of them, and one."""
-    return sorted({threads, threads - 1, threads // 2, 1} - {0}, reverse=True)
+    """The thread counts worth timing on `threads` cores, fewest first: one, half of them, all but
+    the one another program may hold, and all. One never collapses, so it sets the bar at which a
+    count that does (waiting on a busy core) stops being timed."""
+    return sorted({threads, threads - 1, threads // 2, 1} - {0})
 
 
 class ThreadChooser:
