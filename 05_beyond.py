@@ -243,7 +243,8 @@ def sweep(args, trainloader, testloader, device, out_dir):
     table = {"seeds": list(seeds(args)),
              "runs": {str(p): {str(seed): saving.history(r) for seed, r in rs.items()}
                       for p, rs in runs.items()},
-             "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs, "why": why}}
+             "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs,
+                                                    "why": why}}
     fig = plot_sweep(runs, chosen)
     saving.write_set({out_dir / "dropout_sweep.json": lambda f: f.write(saving.json_bytes(table)),
                       out_dir / "dropout_sweep.png": partial(saving.write_figure, fig)})

@@ -3,7 +3,6 @@ and the verdict on overfitting (steps 2, 3), view_classify (step 4), and the dat
 
 The mechanics a learner may skip live in plumbing/; each call says so by its module name.
 """
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sequentia
                               TensorDataset)
 from torchvision import datasets
 
-from plumbing import datafiles, saving
+from plumbing import cli, datafiles, saving
 
 # The names of the labels 0 to 9, as torchvision's FashionMNIST gives them
 CLASSES = tuple(datasets.FashionMNIST.classes)
@@ -149,10 +148,8 @@ class Run:
 
     @property
     def best_epoch(self):
-        """The epoch of lowest validation loss, counted from 1 (None before the first)."""
-        if self.epochs:
-            return 1 + min(range(self.epochs), key=self.test_losses.__getitem__)
-        return None
+        """The epoch of lowest validation loss, counted from 1 (0 before the first)."""
+        return self.epochs and 1 + min(range(self.epochs), key=self.test_losses.__getitem__)
 
 
 def evaluate(model, images, labels, device):
@@ -213,7 +210,7 @@ def overfitting(run):
 
 def print_summary(run, advice="with these settings"):
     """The run in numbers: lowest and final validation loss, the verdict on overfitting, the final
-    accuracy, the speed; if it blew up, `advice`: what to change (from cli.divergence_advice)."""
+    accuracy, the speed; then, if it stopped early, why (`advice`: cli.divergence_advice)."""
     v = run.validated_on
     if run.epochs:
         best, last = run.best_epoch, run.epochs
@@ -231,12 +228,7 @@ def print_summary(run, advice="with these settings"):
         print(f"{f'Final {v} accuracy:':<23} {run.accuracies[-1]:.3f}")
         print(f"Time: {seconds:.1f} s for {last} epoch{'s' * (last > 1)}, "
               f"{seconds / last:.2f} s per epoch")
-    if run.stopped == "diverged":
-        print(f"error: the training diverged at epoch {run.epochs + 1} (a loss above "
-              f"{DIVERGED_LOSS:g} or not a number) {advice}.", file=sys.stderr)
-    elif run.stopped:
-        print(f"Kept the {run.epochs} completed epoch{'s' * (run.epochs != 1)}; run again to "
-              "train all of them.", file=sys.stderr)
+    cli.say_how_it_stopped(run, f"(a loss above {DIVERGED_LOSS:g} or not a number) {advice}")
 
 
 # ----------------------------------------------------------------------------- "Inference" (step 4)

@@ -36,6 +36,17 @@ def exit_status(run):
     return EXIT_STATUS[run.stopped]
 
 
+def say_how_it_stopped(run, diverged):
+    """After a run's summary, on standard error: a run that blew up (`diverged`: what was seen and
+    what to change), or one stopped by Ctrl-C or a signal, with what was kept."""
+    if run.stopped == "diverged":
+        print(f"error: the training diverged at epoch {run.epochs + 1} {diverged}.",
+              file=sys.stderr)
+    elif run.stopped:
+        print(f"Kept the {run.epochs} completed epoch{'s' * (run.epochs != 1)}; run again to "
+              "train all of them.", file=sys.stderr)
+
+
 def divergence_advice(args):
     """What to change after a training blew up, said from the settings in use: the learning rate
     sizes every step; a batch smaller than the default makes more steps, each noisier. The ones
