@@ -116,6 +116,19 @@ def prepared_photo(path):
     return common.normalize(pixels), note
 
 
+def run_01_after_a_failed_download(test):
+    """01_data.py with no local copy and a download that fails on a certificate, as torchvision
+    reports it: (status, stderr, the download's own reason)."""
+    empty = test.tmp / "empty"
+    empty.mkdir()
+    reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
+    failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
+    with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
+            mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
+        status, out, err = run_main(data_step, "--data-dir", test.data_dir, "--out-dir", test.out_dir)
+    return status, err, reason
+
+
 def is_png(path):
     path = Path(path)
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_SIGNATURE
@@ -1336,13 +1349,7 @@ class MistakeTests(TinyDataTestCase):
         self.assertIn(f"--data-dir {self.tmp / 'a-file'} is a file, not a folder", err)
 
     def test_a_failed_download_says_why(self):
-        empty = self.tmp / "empty"
-        empty.mkdir()
-        reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
-        failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
-        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
-                mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
-            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        status, err, reason = run_01_after_a_failed_download(self)
         self.assertEqual(status, 2)
         self.assertIn("connect to the internet", err.splitlines()[0])
         self.assertEqual(len(err.splitlines()), 2, err)
@@ -2045,13 +2052,7 @@ class InstallTests(TinyDataTestCase):
         return self.data_dir / "FashionMNIST" / "raw"
 
     def test_a_certificate_failure_says_how_to_fix_it(self):
-        empty = self.tmp / "empty"
-        empty.mkdir()
-        reason = "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>"
-        failure = RuntimeError(f"Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n{reason}\n")
-        with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(empty)}), \
-                mock.patch.object(datafiles.datasets, "FashionMNIST", side_effect=failure):
-            status, out, err = run_main(data_step, "--data-dir", self.data_dir, "--out-dir", self.out_dir)
+        status, err, reason = run_01_after_a_failed_download(self)
         self.assertEqual((status, err.count("\n")), (2, 2), err)
         for phrase in (reason, 'run "Install Certificates.command"', "pip install certifi", "SSL_CERT_FILE"):
             self.assertIn(phrase, err.splitlines()[1])
