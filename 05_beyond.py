@@ -331,33 +331,41 @@ def print_spread(runs, name):
         print("(mean ± standard deviation over the seeds; overfitting: on how many seeds)")
 
 
+def listed(names):
+    """'a', 'a and b', 'a, b and c'."""
+    names = list(names)
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def choose(runs):
-    """The dropout value of the lowest mean validation loss, unless the next is closer to it than
-    the noise can tell (twice the standard error of their difference): then the smallest of the
-    values so close, the simplest network. Returns the value and why, in words."""
-    stats = {p: mean_sd(map(lowest, rs.values())) for p, rs in runs.items()}
-    n = min(map(len, runs.values()))
-    ranked = sorted(stats, key=lambda p: stats[p][0])
-    best = ranked[0]
+    """The dropout value of the lowest mean validation loss, unless another is closer to it than
+    the noise can tell: then the smallest of the values so close, the simplest network. Every value
+    ran on the same seeds, and a seed sets the held-out images and the starting weights alike for
+    each, so two values are compared seed by seed: the noise is twice the standard error of the
+    mean of their per-seed differences. Returns the value and why, in words."""
+    mean = {p: mean_sd(map(lowest, rs.values()))[0] for p, rs in runs.items()}
+    ranked = sorted(mean, key=mean.get)
+    best, n = ranked[0], min(map(len, runs.values()))
     if n < 2 or len(ranked) < 2:
         return best, ("It has the lowest validation loss, on one seed: with no spread to compare "
                       "with, a small difference may be noise (--seeds 3 tells).")
 
-    def noise(p):                        # the standard error of the difference of the two means
-        return 2 * ((stats[p][1] ** 2 + stats[best][1] ** 2) / n) ** 0.5
-    close = [p for p in ranked[1:] if stats[p][0] - stats[best][0] < noise(p)]
-    nxt = ranked[1]
-    gap = f"{stats[nxt][0] - stats[best][0]:.4f}"
+    def difference(p):                   # p's lowest loss above best's, seed by seed: mean, noise
+        gaps, sd = mean_sd(lowest(runs[p][s]) - lowest(runs[best][s]) for s in runs[best])
+        return gaps, 2 * sd / n ** 0.5
+    close = [p for p in ranked[1:] if difference(p)[0] < difference(p)[1]]
     if not close:
-        return best, (f"Its mean lowest validation loss is the lowest, {gap} below the next "
-                      f"(dropout {nxt}), more than twice the standard error of that difference "
-                      f"({noise(nxt) / 2:.4f}): a difference the seeds agree on.")
+        gap, noise = difference(ranked[1])
+        return best, (f"Its mean lowest validation loss is the lowest, {gap:.4f} below the next "
+                      f"(dropout {ranked[1]}), more than twice the standard error of that "
+                      f"difference seed by seed ({noise / 2:.4f}): a difference the seeds agree "
+                      "on.")
     chosen = min([best] + close)
     return chosen, (f"Dropout {best} has the lowest mean validation loss, but "
-                    f"{', '.join(f'dropout {p}' for p in close)} "
+                    f"{listed(f'dropout {p}' for p in close)} "
                     f"{'is' if len(close) == 1 else 'are'} closer to it than twice the standard "
-                    "error of the difference: the seeds cannot tell them apart. So the smallest "
-                    f"of them, the simplest network, is taken: dropout {chosen}.")
+                    "error of the difference, seed by seed: the seeds cannot tell them apart. So "
+                    f"the smallest of them, the simplest network, is taken: dropout {chosen}.")
 
 
 class Progress:

@@ -223,8 +223,8 @@ def print_summary(run, advice="with these settings"):
         verdict, climb, noise = overfitting(run)
         print("Overfitting: too few epochs to tell (it takes 10)" if verdict is None else
               f"Overfitting: {'yes' if verdict else 'no'}: from epoch {last // 3 + 1} to {last} "
-              f"the validation loss {'climbed' if climb > 0 else 'fell'} by {abs(climb):.3f}, "
-              f"{'more' if verdict else 'less'} than twice its noise ({noise:.3f})")
+              f"the validation loss {'climbed' if climb > 0 else 'fell'} by {abs(climb):.3f} "
+              f"(a climb counts above twice its noise: {2 * noise:.3f})")
         print(f"{f'Final {v} accuracy:':<23} {run.accuracies[-1]:.3f}")
         print(f"Time: {seconds:.1f} s for {last} epoch{'s' * (last > 1)}, "
               f"{seconds / last:.2f} s per epoch")

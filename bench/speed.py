@@ -97,11 +97,13 @@ def scripts_epoch(model, loss_function, optimizer, trainloader, testloader):
 
 def epoch_server(connection, data_dir, fixed_threads):
     """In a process of its own: an epoch of the scripts each time it is asked, as the scripts run
-    it (fixed_threads None) or as before the thread choice: a fixed count, MKL's default sums."""
+    it (fixed_threads None) or as before the thread choice: a fixed count, MKL's default sums,
+    denormals kept."""
     if fixed_threads:
         torch.set_num_threads(fixed_threads)
     else:
-        threads.strict_sums()                      # as cli.run_script does, before any product
+        threads.no_denormals()                     # as cli.run_script does, before any product
+        threads.strict_sums()
     state = scripts_setup(data_dir)
     while connection.recv():
         start = time.perf_counter()
@@ -228,7 +230,8 @@ def main(argv=None):
           f"threads; torch {torch.__version__}, Python {platform.python_version()}")
     if args.busy:
         return busy_mode(args, data_dir)
-    threads.strict_sums()                  # the scripts' sums (cli.run_script), before any product
+    threads.no_denormals()                 # as cli.run_script does, before any product: both
+    threads.strict_sums()                  # sides run with these in one process
     rate = matmul_rate()
     flops = epoch_flops()
     floor = flops / rate

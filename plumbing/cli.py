@@ -107,6 +107,7 @@ def run_script(main):
     try:
         _run(main)
     finally:
+        torch.set_flush_denormal(False)     # torch's default again, for a host (%run) that goes on
         if sums is None:
             os.environ.pop("MKL_CBWR", None)
         else:
@@ -138,6 +139,7 @@ def _run(main):
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
         signal.signal(hangup, _terminate)
+    threads.no_denormals()         # before torch starts its threads: they inherit the setting
     threads.strict_sums()                          # the same run whatever the thread count
     try:
         with threads.chosen_by_measuring():      # fast also when another program wants a core
