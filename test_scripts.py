@@ -484,6 +484,25 @@ class ThreadRuleTests(unittest.TestCase):
         steps(threads_module.LONGEST * window + 3 * window)
         self.assertEqual(chooser.choice, 2)
 
+    def test_on_one_thread_a_slowdown_starts_no_round_before_the_one_that_is_due(self):
+        # Beside two busy programs one thread's share of a core wanders (its windows slow by 1.5x
+        # and more), and each new round times two threads again, which collapse: on one thread,
+        # only the round that is due times them.
+        window = threads_module.WINDOW
+        share = [1.0]
+        times = {1: 0.006, 2: 0.150}
+        chooser, steps = self.chooser(2, lambda n: times[n] * (share[0] if n == 1 else 1))
+        steps(window + 10)                                     # one thread timed, then two: cut off
+        self.assertEqual(chooser.choice, 1)
+        timed_two = []
+        original = chooser._use
+        chooser._use = lambda n: (timed_two.append(n) if n == 2 else None, original(n))
+        share[0] = 2.0                                         # the share halves
+        steps((threads_module.KEEP - 2) * window)
+        self.assertEqual(timed_two, [])                        # no new round yet
+        steps(3 * window)
+        self.assertEqual(timed_two, [2])                       # the round that was due
+
     def test_on_four_cores_one_busy_it_leaves_that_core(self):
         times = {4: 0.010, 3: 0.0016, 2: 0.0020, 1: 0.0030}   # 4 threads wait for the busy core
         chooser, steps = self.chooser(4, lambda n: times[n])

@@ -43,7 +43,8 @@ class ThreadChooser:
     Each round times every candidate for one window (the median step, so that a validation pass
     between two steps counts for nothing) and keeps the fastest for KEEP windows, twice as long
     each time the same count wins again (up to LONGEST). A window of the choice that runs SLOWER
-    than it was timed (another program has started) starts a new round at once.
+    than it was timed (another program has started) starts a new round at once, unless the choice
+    is one thread: then nothing faster can be found by timing again.
     """
 
     def __init__(self, threads, clock=time.perf_counter, set_threads=torch.set_num_threads):
@@ -71,7 +72,10 @@ class ThreadChooser:
             self.choice, self.kept = choice, 0
             return self._use(self.choice)
         self.kept += 1                                          # running the choice
-        if self.kept >= self.keep_for or median > SLOWER * self.timed[self.choice]:
+        # A slowdown calls for fewer threads; on one there are none fewer (a busier machine only
+        # slows one thread's share of a core), so there it waits for the round that is due.
+        slowed = self.choice > 1 and median > SLOWER * self.timed[self.choice]
+        if self.kept >= self.keep_for or slowed:
             self.best_before = min(median, self.timed[self.choice])
             self.timed, self.plan = {}, candidates(self.threads)
             self._use(self.plan[0])
