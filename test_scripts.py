@@ -503,6 +503,18 @@ class ThreadRuleTests(unittest.TestCase):
         steps(3 * window)
         self.assertEqual(timed_two, [2])                       # the round that was due
 
+    def test_a_count_that_collapses_is_timed_for_a_few_steps_only(self):
+        # Two threads 3.3 times slower than one: cut off after EARLY steps by their median, not
+        # after 1.5 windows' worth of the fastest (18 steps); one thread, timed first, is kept.
+        times = {1: 0.006, 2: 0.020}
+        chooser, steps = self.chooser(2, lambda n: times[n])
+        on_two = 0
+        for _ in range(2 * threads_module.WINDOW):
+            on_two += steps(1) == 2
+        self.assertEqual(chooser.choice, 1)
+        self.assertEqual(on_two, threads_module.EARLY + 1)     # the first step after a change is
+                                                               # not timed: it starts an interval
+
     def test_on_four_cores_one_busy_it_leaves_that_core(self):
         times = {4: 0.010, 3: 0.0016, 2: 0.0020, 1: 0.0030}   # 4 threads wait for the busy core
         chooser, steps = self.chooser(4, lambda n: times[n])

@@ -28,6 +28,7 @@ WINDOW = 40           # optimizer steps timed per try: about a tenth of a second
 KEEP = 25             # windows the choice is kept before the candidates are timed again,
 LONGEST = 4 * KEEP    # doubled each time the same count wins again, up to this
 SLOWER = 1.5          # a window this much slower than the choice's own time: time them again
+EARLY = 5             # steps after which a count whose median step is SLOWER stops being timed
 
 
 def candidates(threads):
@@ -82,9 +83,13 @@ class ThreadChooser:
 
     def _hopeless(self):
         """Whether the count being timed has already taken SLOWER times as long as a whole window
-        of the fastest so far: a busy core can make its window cost seconds, so it ends early."""
+        of the fastest so far, or its median step after EARLY steps is SLOWER than the fastest's:
+        a busy core can make its window cost seconds, so it ends early."""
         best = min(self.timed.values(), default=self.best_before)
-        return bool(self.plan) and best is not None and sum(self.steps) > SLOWER * WINDOW * best
+        if not self.plan or best is None:
+            return False
+        return (sum(self.steps) > SLOWER * WINDOW * best
+                or len(self.steps) >= EARLY and statistics.median(self.steps) > SLOWER * best)
 
     def _use(self, n):
         self.set_threads(n)
