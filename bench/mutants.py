@@ -187,6 +187,22 @@ MUTANTS = [
     Mutant("05 --sweep-dropout: a near tie taken for the lower mean",
            "05_beyond.py", "choose", r"close = \[p for p in ranked\[1:\] if .*$", "close = []",
            "test_a_near_tie_is_said_and_settled_for_the_simplest_and_a_clear_winner_is_taken"),
+    Mutant("05 --sweep-dropout: values compared by their means alone, not seed by seed",
+           "05_beyond.py", "choose", r"return gaps, 2 \* sd / n \*\* 0\.5",
+           "return gaps, 2 * ((mean_sd(map(lowest, runs[p].values()))[1] ** 2 + "
+           "mean_sd(map(lowest, runs[best].values()))[1] ** 2) / n) ** 0.5",
+           "test_a_near_tie_is_said_and_settled_for_the_simplest_and_a_clear_winner_is_taken"),
+    Mutant("run_script(): denormals kept in torch's threads",
+           "plumbing/cli.py", "_run", r"^([ \t]*)threads\.no_denormals\(\)([ \t]*#.*)?$", r"\1pass",
+           "test_a_script_flushes_denormals_in_every_thread_of_torchs"),
+    Mutant("threads: a slowdown on one thread times two threads again at once",
+           "plumbing/threads.py", "ThreadChooser.step", r"slowed = self\.choice > 1 and ",
+           "slowed = ",
+           "test_on_one_thread_a_slowdown_starts_no_round_before_the_one_that_is_due"),
+    Mutant("threads: a collapsing count timed until it has cost 1.5 windows",
+           "plumbing/threads.py", "ThreadChooser._hopeless",
+           r"or len\(self\.steps\) >= EARLY and .*\)$", "or False)",
+           "test_a_count_that_collapses_is_timed_for_a_few_steps_only"),
 ]
 
 
