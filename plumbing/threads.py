@@ -105,7 +105,7 @@ def no_denormals():
     the first layer's 256 units were such, and 86,000 of the 730,000 numbers of the network and its
     optimizer denormals; an x86 CPU takes a slow path for every operation on one, at every step.
     Flushed, they become the zero they were heading for, and no number of a run changes (02 and
-    03, 30 epochs: the same histories to the last digit). Returns whether the CPU can flush."""
+    03, seed 0, 30 epochs: the same histories to the last digit). Returns whether it can flush."""
     return torch.set_flush_denormal(True)
 
 
