@@ -7,7 +7,9 @@ Each round times one epoch (training and validation) of the tutorial's pipeline 
 writes it (a DataLoader over torchvision's FashionMNIST with a per-image ToTensor + Normalize,
 batch 64, shuffled; the network, NLLLoss, Adam lr=0.003), then one epoch of the scripts' own code
 path (common.load_data and common.train, as 02_baseline.py calls them), alternating which goes
-first. It prints each round, the median ratio and the compute floor measured on the spot: the
+first. Each side runs in a process of its own, with its own settings: the tutorial's with torch's
+defaults, as a learner runs the notebook; the scripts' with what cli.run_script sets (the thread
+choice, strict sums, denormals flushed). It prints each round, the median ratio and the compute floor measured on the spot: the
 network's FLOPs per epoch over the rate a large matrix product reaches here. Run it alone on the
 machine: a second job on the same cores slows both. It finds the data as the scripts do (a local
 copy first, so it runs offline where the scripts do).
@@ -95,31 +97,38 @@ def scripts_epoch(model, loss_function, optimizer, trainloader, testloader):
     return run.accuracies[-1]
 
 
-def epoch_server(connection, data_dir, fixed_threads):
-    """In a process of its own: an epoch of the scripts each time it is asked, as the scripts run
-    it (fixed_threads None) or as before the thread choice: a fixed count, MKL's default sums,
-    denormals kept."""
-    if fixed_threads:
-        torch.set_num_threads(fixed_threads)
+def fixed_epoch(model, loss_function, optimizer, trainloader, testloader):
+    """One epoch of common.train() on the thread count set, without the scripts' thread choice."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        common.train(model, trainloader, testloader, loss_function, optimizer, 1,
+                     torch.device("cpu"))
+
+
+def epoch_server(connection, data_dir, side):
+    """In a process of its own, so that each side runs with its own settings: an epoch each time
+    it is asked, of the tutorial's pipeline as a learner runs the notebook (side "tutorial"), of
+    the scripts as they run (None: what cli.run_script sets, the thread choice), or of the scripts
+    as before the thread choice (a fixed thread count, MKL's default sums, denormals kept)."""
+    torch.manual_seed(0)
+    if side == "tutorial":
+        state, epoch = tutorial_setup(data_dir), tutorial_epoch
+    elif side:
+        torch.set_num_threads(side)
+        state, epoch = scripts_setup(data_dir), fixed_epoch
     else:
         threads.no_denormals()                     # as cli.run_script does, before any product
         threads.strict_sums()
-    state = scripts_setup(data_dir)
+        state, epoch = scripts_setup(data_dir), scripts_epoch
     while connection.recv():
         start = time.perf_counter()
-        if fixed_threads:
-            model, loss_function, optimizer, trainloader, testloader = state
-            with contextlib.redirect_stdout(io.StringIO()):
-                common.train(model, trainloader, testloader, loss_function, optimizer, 1,
-                             torch.device("cpu"))
-        else:
-            scripts_epoch(*state)
+        epoch(*state)
         connection.send(time.perf_counter() - start)
 
 
 @contextlib.contextmanager
 def epoch_servers(data_dir, sides):
-    """One epoch_server process per side (name -> fixed thread count or None), ready to time."""
+    """One epoch_server process per side (name -> its side: "tutorial", a fixed thread count or
+    None), ready to time."""
     context = multiprocessing.get_context("spawn")
     servers = {}
     try:
@@ -230,27 +239,22 @@ def main(argv=None):
           f"threads; torch {torch.__version__}, Python {platform.python_version()}")
     if args.busy:
         return busy_mode(args, data_dir)
-    threads.no_denormals()                 # as cli.run_script does, before any product: both
-    threads.strict_sums()                  # sides run with these in one process
     rate = matmul_rate()
     flops = epoch_flops()
     floor = flops / rate
     print(f"Compute floor: {flops / 1e9:.0f} GFLOP an epoch (training and validation) at {rate / 1e9:.0f} GFLOP/s "
           f"(a 2048x2048 matrix product here) = {floor:.2f} s")
 
-    sides = {"tutorial": (tutorial_setup(data_dir), tutorial_epoch),
-             "scripts": (scripts_setup(data_dir), scripts_epoch)}
-    times = {name: [] for name in sides}
+    times = {"tutorial": [], "scripts": []}
     print(f"{'round':>5}  {'tutorial s':>10}  {'scripts s':>9}  {'faster':>6}  {'scripts / floor':>15}")
-    for r in range(1, args.rounds + 1):
-        order = list(sides) if r % 2 else list(sides)[::-1]      # alternate which side goes first
-        for name in order:
-            state, epoch = sides[name]
-            start = time.perf_counter()
-            epoch(*state)
-            times[name].append(time.perf_counter() - start)
-        t, s = times["tutorial"][-1], times["scripts"][-1]
-        print(f"{r:>5}  {t:>10.2f}  {s:>9.2f}  {t / s:>5.1f}x  {s / floor:>14.1f}x", flush=True)
+    with epoch_servers(data_dir, {"tutorial": "tutorial", "scripts": None}) as servers:
+        for r in range(1, args.rounds + 1):
+            order = list(times) if r % 2 else list(times)[::-1]  # alternate which side goes first
+            for name in order:
+                servers[name].send(True)
+                times[name].append(servers[name].recv())
+            t, s = times["tutorial"][-1], times["scripts"][-1]
+            print(f"{r:>5}  {t:>10.2f}  {s:>9.2f}  {t / s:>5.1f}x  {s / floor:>14.1f}x", flush=True)
     ratios = [t / s for t, s in zip(times["tutorial"], times["scripts"])]
     median_scripts = statistics.median(times["scripts"])
     print(f"Median: tutorial {statistics.median(times['tutorial']):.2f} s, scripts {median_scripts:.2f} s an epoch; "
