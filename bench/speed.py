@@ -166,7 +166,7 @@ def busy_mode(args, data_dir):
     thread count and MKL's default sums (as before the thread choice), alternating, --rounds
     rounds; the medians and each one's ratio to the same side alone."""
     sides = {"scripts (threads chosen)": None,
-             f"{args.fixed_threads} threads fixed": args.fixed_threads}
+             f"{args.fixed_threads} thread{'s' * (args.fixed_threads > 1)} fixed": args.fixed_threads}
     times = {(busy, side): [] for busy in range(args.busy + 1) for side in sides}
     with epoch_servers(data_dir, sides) as servers:
         for r in range(1, args.rounds + 1):
