@@ -353,7 +353,7 @@ def choose(runs):
     def difference(p):                   # p's lowest loss above best's, seed by seed: mean, noise
         gaps, sd = mean_sd(lowest(runs[p][s]) - lowest(runs[best][s]) for s in runs[best])
         return gaps, 2 * sd / n ** 0.5
-    close = [p for p in ranked[1:] if difference(p)[0] < difference(p)[1]]
+    close = [p for p in ranked[1:] if (d := difference(p))[0] < d[1]]
     if not close:
         gap, noise = difference(ranked[1])
         return best, (f"Its mean lowest validation loss is the lowest, {gap:.4f} below the next "
