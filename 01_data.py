@@ -5,7 +5,7 @@
 Prints the sizes of both splits, the classes and their counts, one batch's shape and the pixel
 range before and after normalisation; writes samples.png, a few training images of each class.
 """
-from plumbing import cli, saving    # first, before matplotlib: see plumbing/__init__.py
+from plumbing import cli, saving    # first of all: see plumbing/__init__.py
 
 import torch
 from matplotlib.figure import Figure

@@ -7,7 +7,7 @@ NLLLoss and Adam, as the tutorial does. Watch the validation loss turn upward wh
 loss keeps falling: overfitting. Writes baseline_loss.png, baseline_history.json, baseline.pt
 (last epoch) and baseline_best.pt (lowest validation loss) to the output folder.
 """
-from plumbing import cli, saving    # first, before matplotlib: see plumbing/__init__.py
+from plumbing import cli, saving    # first of all: see plumbing/__init__.py
 
 import torch
 from torch import nn

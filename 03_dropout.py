@@ -8,7 +8,7 @@ the two losses stay together. Writes dropout_loss.png, dropout_history.json, dro
 dropout_best.pt; then, when 02_baseline.py has run, the conclusion: baseline_vs_dropout.png, and
 confidence.png, how sure each network is against how often it is right.
 """
-from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
+from plumbing import cli, errors, saving    # first of all: see plumbing/__init__.py
 
 import torch
 from matplotlib.figure import Figure

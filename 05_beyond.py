@@ -12,7 +12,7 @@ beyond_history.json, beyond.pt and beyond_best.pt; with --sweep-dropout instead,
 dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt.
 docs/beyond.md has the measured results.
 """
-from plumbing import cli, errors, saving    # first, before matplotlib: see plumbing/__init__.py
+from plumbing import cli, errors, saving    # first of all: see plumbing/__init__.py
 
 import sys
 from functools import partial

@@ -45,7 +45,7 @@ from torchvision import datasets, transforms
 
 import common
 from common import FashionNeuralNetwork
-from plumbing import cli, datafiles, errors, photo, saving
+from plumbing import cli, datafiles, errors, memory, photo, saving
 from plumbing import threads as threads_module
 
 HERE = Path(__file__).resolve().parent
@@ -2856,6 +2856,40 @@ class MemoryTests(TinyDataTestCase):
             kept[how] = int(result.stdout) / 1024               # MB still held after the free
         self.assertGreater(kept["glibc's own"], 15, kept)         # the reason for the fix, still there
         self.assertLess(kept["fixed"], 2, kept)
+
+    def test_large_tensors_lie_in_huge_pages_unless_the_user_says_no(self):
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+        if not mode.exists() or "[never]" in mode.read_text():
+            self.skipTest("this system gives no transparent huge pages (Linux only)")
+        child = """if True:
+            import sys
+            if sys.argv[1] == "plumbing":
+                import plumbing                   # as every script does, before torch
+            import torch
+            x = torch.ones(2 ** 24)               # 64 MB, as the training images (188 MB)
+            inside, huge = False, 0
+            for line in open("/proc/self/smaps"):
+                head = line.split()[0]
+                if not head.endswith(":"):        # a mapping: its address range
+                    low, high = (int(a, 16) for a in head.split("-"))
+                    inside = low <= x.data_ptr() < high
+                elif head == "AnonHugePages:" and inside:
+                    huge = int(line.split()[1]) / 1024
+            print(huge)
+        """
+        huge = {}
+        for first, setting in (("plumbing", None), ("torch", None), ("plumbing", "0")):
+            env = {k: v for k, v in os.environ.items() if k != memory.HUGE_PAGES}
+            if setting is not None:
+                env[memory.HUGE_PAGES] = setting
+            result = subprocess.run([sys.executable, "-c", child, first], cwd=HERE, env=env,
+                                    capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            huge[first, setting] = float(result.stdout)          # MB of the tensor in huge pages
+        self.assertGreater(huge["plumbing", None], 32, huge)
+        if "[madvise]" in mode.read_text():                      # only on request: torch's is ours
+            self.assertEqual(huge["torch", None], 0, huge)
+            self.assertEqual(huge["plumbing", "0"], 0, huge)
 
     def test_a_batch_larger_than_half_the_training_set_is_refused(self):
         self.assert_refused(beyond, ["--batch-size", 30001], "--batch-size", "from 1 to 30000")

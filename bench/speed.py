@@ -8,9 +8,10 @@ writes it (a DataLoader over torchvision's FashionMNIST with a per-image ToTenso
 batch 64, shuffled; the network, NLLLoss, Adam lr=0.003), then one epoch of the scripts' own code
 path (common.load_data and common.train, as 02_baseline.py calls them), alternating which goes
 first. Each side runs in a process of its own, with its own settings: the tutorial's with torch's
-defaults, as a learner runs the notebook; the scripts' with what cli.run_script sets (the thread
-choice, strict sums, denormals flushed). It prints each round, the median ratio and the compute floor measured on the spot: the
-network's FLOPs per epoch over the rate a large matrix product reaches here. Run it alone on the
+defaults, as a learner runs the notebook; the scripts' with what plumbing and cli.run_script set
+(huge pages, the thread choice, strict sums, denormals flushed). It prints each round, the median
+ratio and the compute floor measured on the spot: the network's FLOPs per epoch over the rate a
+large matrix product reaches here. Run it alone on the
 machine: a second job on the same cores slows both. It finds the data as the scripts do (a local
 copy first, so it runs offline where the scripts do).
 
@@ -39,7 +40,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common                                     # noqa: E402  (the scripts' folder, added just above)
 from common import FashionNeuralNetwork           # noqa: E402
-from plumbing import cli, datafiles, threads      # noqa: E402
+from plumbing import cli, datafiles, memory, threads    # noqa: E402
 
 
 
@@ -107,8 +108,9 @@ def fixed_epoch(model, loss_function, optimizer, trainloader, testloader):
 def epoch_server(connection, data_dir, side):
     """In a process of its own, so that each side runs with its own settings: an epoch each time
     it is asked, of the tutorial's pipeline as a learner runs the notebook (side "tutorial"), of
-    the scripts as they run (None: what cli.run_script sets, the thread choice), or of the scripts
-    as before the thread choice (a fixed thread count, MKL's default sums, denormals kept)."""
+    the scripts as they run (None: what plumbing and cli.run_script set, the thread choice), or of
+    the scripts as before the thread choice (a fixed thread count, MKL's default sums, denormals
+    kept, 4 kB pages). epoch_servers sets the environment (huge pages) each side starts with."""
     torch.manual_seed(0)
     if side == "tutorial":
         state, epoch = tutorial_setup(data_dir), tutorial_epoch
@@ -116,7 +118,8 @@ def epoch_server(connection, data_dir, side):
         torch.set_num_threads(side)
         state, epoch = scripts_setup(data_dir), fixed_epoch
     else:
-        threads.no_denormals()                     # as cli.run_script does, before any product
+        memory.give_back_freed_blocks()            # as cli.run_script does, before any product
+        threads.no_denormals()
         threads.strict_sums()
         state, epoch = scripts_setup(data_dir), scripts_epoch
     while connection.recv():
@@ -135,7 +138,8 @@ def epoch_servers(data_dir, sides):
         for name, fixed in sides.items():
             ours, theirs = context.Pipe()
             process = context.Process(target=epoch_server, args=(theirs, data_dir, fixed))
-            process.start()
+            with huge_pages(fixed is None):        # read by torch as the new process imports it
+                process.start()
             servers[name] = (ours, process)
         yield {name: ours for name, (ours, _) in servers.items()}
     finally:
@@ -145,6 +149,22 @@ def epoch_servers(data_dir, sides):
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+
+
+@contextlib.contextmanager
+def huge_pages(wanted):
+    """The environment a process started inside inherits: THP_MEM_ALLOC_ENABLE as the scripts set
+    it (plumbing, imported first; wanted) or unset, as torch's default (the tutorial's side, and a
+    fixed thread count: the scripts as before)."""
+    before = os.environ.pop(memory.HUGE_PAGES, None)
+    if wanted:
+        os.environ[memory.HUGE_PAGES] = before or "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(memory.HUGE_PAGES, None)
+        if before is not None:
+            os.environ[memory.HUGE_PAGES] = before
 
 
 @contextlib.contextmanager
