@@ -203,6 +203,14 @@ MUTANTS = [
            "plumbing/threads.py", "ThreadChooser._hopeless",
            r"or len\(self\.steps\) >= EARLY and .*\)$", "or False)",
            "test_a_count_that_collapses_is_timed_for_a_few_steps_only"),
+    Mutant("threads: a window judged by its median step, which hides the stalls",
+           "plumbing/threads.py", "typical", r"return \(sum\(steps\) - max\(steps\)\) / .*$",
+           "return sorted(steps)[len(steps) // 2]",
+           "test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs"),
+    Mutant("threads: a window's mean with the validation pass in it",
+           "plumbing/threads.py", "typical", r"return \(sum\(steps\) - max\(steps\)\) / .*$",
+           "return sum(steps) / len(steps)",
+           "test_a_pause_between_two_steps_such_as_validation_does_not_count"),
 ]
 
 
