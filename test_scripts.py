@@ -529,7 +529,7 @@ class ThreadRuleTests(unittest.TestCase):
 
     def test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs(self):
         # Beside busy programs two threads take most steps fast and stall on some, waiting for a
-        # descheduled thread (measured: a median step of 7 ms, a mean of 14 to 32): their median
+        # descheduled thread (measured: medians of 6 to 15 ms, means of 7 to 32): their median
         # beats one thread's, their time does not.
         count = [0]
 

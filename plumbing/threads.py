@@ -40,7 +40,7 @@ def candidates(threads):
 def typical(steps):
     """A window's step time: the mean without its longest step. The mean, for what the steps cost:
     beside busy programs, two threads take most steps as fast as alone and stall on a few for a
-    descheduled thread (a median of 7 ms, a mean of 14 to 32 ms), and the median hides the
+    descheduled thread (measured: medians of 6 to 15 ms, means of 7 to 32), and a median hides the
     stalls. Without the longest, for the validation pass between two epochs, which falls between
     two steps once an epoch."""
     return (sum(steps) - max(steps)) / (len(steps) - 1) if len(steps) > 1 else sum(steps)
