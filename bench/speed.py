@@ -11,9 +11,9 @@ first. Each side runs in a process of its own, with its own settings: the tutori
 defaults, as a learner runs the notebook; the scripts' with what plumbing and cli.run_script set
 (huge pages, the thread choice, strict sums, denormals flushed). It prints each round, the median
 ratio and the compute floor measured on the spot: the network's FLOPs per epoch over the rate a
-large matrix product reaches here. Run it alone on the
-machine: a second job on the same cores slows both. It finds the data as the scripts do (a local
-copy first, so it runs offline where the scripts do).
+large matrix product reaches here. Run it alone on the machine: a second job on the same cores
+slows both. It finds the data as the scripts do (a local copy first, so it runs offline where the
+scripts do).
 
 With --busy N it measures the machine shared instead: it starts its own busy programs (a Python
 loop each, standing in for a browser tab or a notebook kernel), 0 to N of them, and times an epoch

@@ -50,9 +50,10 @@ class ThreadChooser:
     """Times the steps in windows and sets torch's thread count between two steps.
 
     Each round times every candidate for one window (its typical step, typical()) and keeps the
-    fastest for KEEP windows, twice as long each time the same count wins again (up to LONGEST). A window of the choice that runs SLOWER
-    than it was timed (another program has started) starts a new round at once, unless the choice
-    is one thread: then nothing faster can be found by timing again.
+    fastest for KEEP windows, twice as long each time the same count wins again (up to LONGEST).
+    A window of the choice that runs SLOWER than it was timed (another program has started)
+    starts a new round at once, unless the choice is one thread: then nothing faster can be found
+    by timing again.
     """
 
     def __init__(self, threads, clock=time.perf_counter, set_threads=torch.set_num_threads):
