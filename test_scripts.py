@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib
 import io
+import itertools
 import json
 import math
 import os
@@ -530,15 +531,37 @@ class ThreadRuleTests(unittest.TestCase):
     def test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs(self):
         # Beside busy programs two threads take most steps fast and stall on some, waiting for a
         # descheduled thread (measured: medians of 6 to 15 ms, means of 7 to 32): their median
-        # beats one thread's, their time does not.
+        # beats one thread's, their time does not. Stalling every other step, they are cut off
+        # after EARLY steps (the first after the change is not timed).
+        for pattern in ((0.0015, 0.0015, 0.030), (0.030, 0.0015)):
+            with self.subTest(pattern=pattern):
+                on_two = itertools.cycle(pattern)
+                chooser, steps = self.chooser(2, lambda n: 0.003 if n == 1 else next(on_two))
+                used = [steps(1) for _ in range(3 * threads_module.WINDOW)]
+                self.assertEqual(chooser.choice, 1)
+        self.assertEqual(used.count(2), threads_module.EARLY + 1)
+
+    def test_a_pause_in_a_counts_first_steps_neither_ends_its_window_nor_counts(self):
         count = [0]
 
         def seconds(n):
             count[0] += 1
-            return 0.003 if n == 1 else (0.030 if count[0] % 3 == 0 else 0.0015)
+            return 1.0 if count[0] == threads_module.WINDOW + 3 else 0.002 * (1 if n == 2 else 1.3)
         chooser, steps = self.chooser(2, seconds)
-        steps(3 * threads_module.WINDOW)
-        self.assertEqual(chooser.choice, 1)
+        timed_after = None
+        for i in range(3 * threads_module.WINDOW):
+            steps(1)
+            if timed_after is None and not chooser.plan:
+                timed_after = i + 1                             # the round's last step
+        self.assertEqual(chooser.choice, 2)
+        self.assertGreaterEqual(timed_after, 2 * threads_module.WINDOW)   # a whole window of two
+
+    def test_with_big_batches_a_window_ends_after_its_seconds(self):
+        # A step of a batch of 30000 takes a good part of a second: 40 of them on one thread
+        # would be most of a short run.
+        chooser, steps = self.chooser(2, lambda n: 0.5 if n == 1 else 0.3)
+        steps(15)
+        self.assertEqual((chooser.plan, chooser.choice), ([], 2))
 
     def test_strict_sums_make_the_numbers_the_same_for_any_thread_count(self):
         # In a new interpreter: MKL reads MKL_CBWR at its first product, long past in this one.
@@ -2901,6 +2924,7 @@ class MemoryTests(TinyDataTestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
             huge[first, setting] = float(result.stdout)          # MB of the tensor in huge pages
         self.assertGreater(huge["plumbing", None], 32, huge)
+        # Where every large allocation gets them (`always`), only the first can be checked.
         if "[madvise]" in mode.read_text():                      # only on request: torch's is ours
             self.assertEqual(huge["torch", None], 0, huge)
             self.assertEqual(huge["plumbing", "0"], 0, huge)

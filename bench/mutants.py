@@ -211,6 +211,17 @@ MUTANTS = [
            "plumbing/threads.py", "typical", r"return \(sum\(steps\) - max\(steps\)\) / .*$",
            "return sum(steps) / len(steps)",
            "test_a_pause_between_two_steps_such_as_validation_does_not_count"),
+    Mutant("threads: the early cut by the median of the first steps, which hides the stalls",
+           "plumbing/threads.py", "ThreadChooser._hopeless", r"and typical\(self\.steps\) > SLOWER",
+           "and sorted(self.steps)[len(self.steps) // 2] > SLOWER",
+           "test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs"),
+    Mutant("threads: a pause in a count's first steps ends its window",
+           "plumbing/threads.py", "ThreadChooser._hopeless", r"sum\(self\.steps\) - max\(self\.steps\) >",
+           "sum(self.steps) >",
+           "test_a_pause_in_a_counts_first_steps_neither_ends_its_window_nor_counts"),
+    Mutant("threads: a window of big batches lasts 40 steps whatever they take",
+           "plumbing/threads.py", "ThreadChooser._full", r"return len\(self\.steps\) >= 3 and .*$",
+           "return False", "test_with_big_batches_a_window_ends_after_its_seconds"),
 ]
 
 

@@ -153,12 +153,12 @@ def epoch_servers(data_dir, sides):
 
 @contextlib.contextmanager
 def huge_pages(wanted):
-    """The environment a process started inside inherits: THP_MEM_ALLOC_ENABLE as the scripts set
-    it (plumbing, imported first; wanted) or unset, as torch's default (the tutorial's side, and a
-    fixed thread count: the scripts as before)."""
-    before = os.environ.pop(memory.HUGE_PAGES, None)
-    if wanted:
-        os.environ[memory.HUGE_PAGES] = before or "1"
+    """The environment a process started inside inherits: THP_MEM_ALLOC_ENABLE as the scripts have
+    it (wanted: plumbing's "1", or what the user set), or "0", torch's default (the tutorial's side,
+    and a fixed thread count: the scripts as before). Not unset: the new process imports plumbing
+    (through common) before its first tensor, and plumbing would set "1"."""
+    before = os.environ.get(memory.HUGE_PAGES)
+    os.environ[memory.HUGE_PAGES] = (before if before is not None else "1") if wanted else "0"
     try:
         yield
     finally:

@@ -9,16 +9,16 @@
     memory     giving freed memory back to the system at once; large tensors in huge pages
 
 Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
-script imports plumbing first: before torch, which reads the switch for huge pages once, and before
-matplotlib, which then imports whatever MPLBACKEND a launcher sets.
+script imports plumbing first: before torch makes a tensor (it reads the switch for huge pages
+then), and before matplotlib, which then imports whatever MPLBACKEND a launcher sets.
 """
 import os
 import sys
 
 from plumbing import memory
 
-# Before anything imports torch, which reads it once: the training images in 2 MB pages, 1.1 times
-# faster an epoch (plumbing/memory.py, docs/speed.md).
+# Before torch makes its first tensor, when it reads the switch, once: the training images in 2 MB
+# pages, an epoch 1.1 times faster (plumbing/memory.py, docs/speed.md).
 memory.huge_pages()
 
 

@@ -9,8 +9,8 @@ as soon as they are freed instead.
 And its speed: a batch gathers 64 images from 188 MB of training images at random places, and
 each image read in a 4 kB page of its own makes the processor look the page up afresh. PyTorch
 puts a tensor of 2 MB and more in 2 MB pages ("transparent huge pages", Linux) when the
-environment says THP_MEM_ALLOC_ENABLE=1, read once, at its first allocation: so before torch is
-imported, which is why plumbing/__init__.py asks for it (docs/speed.md, "Huge pages").
+environment says THP_MEM_ALLOC_ENABLE=1, read once, at its first allocation: so before torch
+makes a tensor, which is why plumbing/__init__.py asks for it (docs/speed.md, "Huge pages").
 """
 import ctypes
 import os

@@ -3,7 +3,7 @@
 Keeps safe: the speed of an epoch on a machine that is busy with something else. PyTorch splits
 each matrix product over all the cores, and its threads meet at a barrier inside every product:
 when another program takes one of the cores, every step waits for the thread that lost its core,
-and on 2 cores an epoch takes 4 to 7 times longer (docs/speed.md). So, between optimizer steps,
+and on 2 cores an epoch takes 4 to 30 times longer (docs/speed.md). So, between optimizer steps,
 each candidate thread count is timed for a short window, the fastest is kept, and the choice is
 timed again now and then, or at once when the steps slow down. An OMP_NUM_THREADS set by the
 user is obeyed as given: then nothing here runs.
@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-WINDOW = 40           # optimizer steps timed per try: about a tenth of a second here
+WINDOW = 40           # optimizer steps timed per try: about a tenth of a second here,
+SECONDS = 2.0         # or, with big batches, as many steps as take this long (3 at least)
 KEEP = 25             # windows the choice is kept before the candidates are timed again,
 LONGEST = 4 * KEEP    # doubled each time the same count wins again, up to this
 SLOWER = 1.5          # a window this much slower than the choice's own time: time them again
@@ -38,12 +39,14 @@ def candidates(threads):
 
 
 def typical(steps):
-    """A window's step time: the mean without its longest step. The mean, for what the steps cost:
-    beside busy programs, two threads take most steps as fast as alone and stall on a few for a
-    descheduled thread (measured: medians of 6 to 15 ms, means of 7 to 32), and a median hides the
-    stalls. Without the longest, for the validation pass between two epochs, which falls between
-    two steps once an epoch."""
-    return (sum(steps) - max(steps)) / (len(steps) - 1) if len(steps) > 1 else sum(steps)
+    """A window's step time (two steps or more): the mean without its longest step. The mean, for
+    what the steps cost: beside busy programs, two threads take most steps as fast as alone and
+    stall on a few for a descheduled thread (measured: medians of 6 to 15 ms, means of 7 to 32),
+    and a median hides the stalls. Without the longest, for the validation pass between two
+    epochs, which falls between two steps once an epoch. (With epochs of fewer steps than a
+    window, such as 05_beyond.py --batch-size 30000, a window holds several: every count's window
+    then counts them alike, as part of what an epoch costs.)"""
+    return (sum(steps) - max(steps)) / (len(steps) - 1)
 
 
 class ThreadChooser:
@@ -69,7 +72,7 @@ class ThreadChooser:
         if self.last is not None:
             self.steps.append(now - self.last)
         self.last = now
-        if len(self.steps) < WINDOW and not self._hopeless():
+        if len(self.steps) < WINDOW and not self._full() and not self._hopeless():
             return
         seconds, self.steps = typical(self.steps), []
         if self.plan:                                           # timing the candidates
@@ -88,6 +91,11 @@ class ThreadChooser:
             self.best_before = min(seconds, self.timed[self.choice])
             self.timed, self.plan = {}, candidates(self.threads)
             self._use(self.plan[0])
+
+    def _full(self):
+        """Whether the window has lasted SECONDS: a step of a big batch can take a second, and
+        40 of them on the slower count would cost most of a short run."""
+        return len(self.steps) >= 3 and sum(self.steps) >= SECONDS
 
     def _hopeless(self):
         """Whether the count being timed has already taken SLOWER times as long as a whole window
