@@ -7,7 +7,7 @@ NLLLoss and Adam, as the tutorial does. Watch the validation loss turn upward wh
 loss keeps falling: overfitting. Writes baseline_loss.png, baseline_history.json, baseline.pt
 (last epoch) and baseline_best.pt (lowest validation loss) to the output folder.
 """
-from plumbing import cli, saving    # first of all: see plumbing/__init__.py
+from plumbing import cli, saving, speed    # first of all: see plumbing/__init__.py
 
 import torch
 from torch import nn
@@ -67,7 +67,9 @@ def main(argv=None):
     optimizer = optim.Adam(model.parameters(), lr=args.lr, fused=cli.fused_adam(device))
     # Train the model 30 cycles: common.train() is the tutorial's loop, in its order
     epochs = args.epochs
-    run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
+    # Ours, for speed (plumbing/speed.py): on the CPU, the thread count is chosen as train() runs
+    with speed.threads_chosen(model, optimizer, device):
+        run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
 
     # ------------------------------------------------------------------------ "Plot the graph here"
     fig = None
@@ -84,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    cli.run_script(main)    # as its own process: first the speed settings of plumbing/speed.py

@@ -8,7 +8,7 @@ the two losses stay together. Writes dropout_loss.png, dropout_history.json, dro
 dropout_best.pt; then, when 02_baseline.py has run, the conclusion: baseline_vs_dropout.png, and
 confidence.png, how sure each network is against how often it is right.
 """
-from plumbing import cli, errors, saving    # first of all: see plumbing/__init__.py
+from plumbing import cli, errors, saving, speed    # first of all: see plumbing/__init__.py
 
 import torch
 from matplotlib.figure import Figure
@@ -49,7 +49,8 @@ def main(argv=None):
     # off to validate, or the network would be judged with some of its units missing;
     # model.train() turns it back on.
     epochs = args.epochs
-    run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
+    with speed.threads_chosen(model, optimizer, device):    # ours, for speed, as in 02
+        run = train(model, trainloader, testloader, loss_function, optimizer, epochs, device)
 
     # ----------------------------------------------------------------- "Plot the graph here", again
     fig = None
@@ -178,4 +179,4 @@ def plot_confidence(stats):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    cli.run_script(main)    # as its own process: first the speed settings of plumbing/speed.py

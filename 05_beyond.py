@@ -12,7 +12,7 @@ beyond_history.json, beyond.pt and beyond_best.pt; with --sweep-dropout instead,
 dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt.
 docs/beyond.md has the measured results.
 """
-from plumbing import cli, errors, saving    # first of all: see plumbing/__init__.py
+from plumbing import cli, errors, saving, speed    # first of all: see plumbing/__init__.py
 
 import sys
 from functools import partial
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 from torch import optim
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Subset
 
 import common
 from common import CLASSES, FashionNeuralNetwork
@@ -161,13 +161,15 @@ def fit(args, dropout, trainloader, valloader, validated_on, device, epochs=None
         trainloader = Augmented(trainloader, shift=2, flip=args.augment == "shift+flip")
     if args.mixup:
         trainloader = Mixup(trainloader, args.mixup)
+    scheduler = None
     if args.schedule == "cosine":
-        # As long as --epochs, also in a shorter final fit; stepped after each optimizer.step().
+        # As long as --epochs, also in a shorter final fit; train() steps it after each batch.
         scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer,
                                                          T_max=args.epochs * len(trainloader))
-        optimizer.register_step_post_hook(lambda *_: scheduler.step())
-    run = common.train(model, trainloader, valloader, loss_function, optimizer,
-                       epochs or args.epochs, device, validated_on=validated_on)
+    with speed.threads_chosen(model, optimizer, device):      # as in 02_baseline.py
+        run = common.train(model, trainloader, valloader, loss_function, optimizer,
+                           epochs or args.epochs, device, validated_on=validated_on,
+                           scheduler=scheduler)
     return model, run
 
 
@@ -403,35 +405,9 @@ def hold_out(trainloader, args, seed):
         errors.fail(f"--val-split {args.val_split} must leave training images: use a number from "
                     f"1 to {len(dataset) - 1}.")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    val, train = order[:args.val_split], order[args.val_split:]
-    return (part_loader(Part(dataset, train), args.batch_size, shuffle=True),
-            part_loader(Part(dataset, val), args.batch_size, shuffle=False))
-
-
-class Part(Dataset):
-    """Some images of a TensorDataset, by index: a batch is copied out of the whole set when it is
-    drawn, the same images in the same order as from a copy of that part."""
-
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, positions):
-        return self.dataset[self.indices[positions]]
-
-    @property
-    def tensors(self):
-        """(images, labels) of the part, as TensorDataset.tensors: a copy, made when asked for."""
-        return self.dataset[self.indices]
-
-
-def part_loader(part, batch_size, shuffle):
-    """common.make_loader's DataLoader, over a Part."""
-    sampler = RandomSampler(part) if shuffle else SequentialSampler(part)
-    return DataLoader(part, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                      batch_size=None)
+    val, train = order[:args.val_split].tolist(), order[args.val_split:].tolist()
+    return (common.make_loader(Subset(dataset, train), args.batch_size, shuffle=True),
+            common.make_loader(Subset(dataset, val), args.batch_size, shuffle=False))
 
 
 # ---------------------------------------------------------------------- augmented and mixed batches
@@ -567,4 +543,4 @@ def plot_sweep(runs, chosen):
 
 
 if __name__ == "__main__":
-    cli.run_script(main)
+    cli.run_script(main)    # as its own process: first the speed settings of plumbing/speed.py

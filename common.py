@@ -48,10 +48,11 @@ class FashionNeuralNetwork(nn.Module):
 # ------------------------------------------------------------------- "Train our model" (steps 2, 3)
 
 def train(model, trainloader, testloader, loss_function, optimizer, epochs, device,
-          validated_on="test"):
+          validated_on="test", scheduler=None):
     """The tutorial's loop: each epoch, train on trainloader, then validate on testloader (the test
-    set, as in the tutorial, or held-out training images: validated_on="validation", 05_beyond.py).
-    Ctrl-C or a loss that blows up ends the run early."""
+    set, as in the tutorial, or held-out training images: validated_on="validation", 05_beyond.py,
+    which may pass a learning rate scheduler, stepped after each batch). Ctrl-C or a loss that
+    blows up ends the run early."""
     # Initialize two empty arrays to hold the train and test loss every cycle
     train_losses, test_losses = [], []
     accuracies, seconds, weights = [], [], {}     # ours: accuracy, seconds, the weights kept
@@ -69,6 +70,8 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
                 loss = loss_function(log_ps, labels)       # Calculate the loss: the batch's mean
                 loss.backward()                            # Backpropagate
                 optimizer.step()                           # Update the weights
+                if scheduler:
+                    scheduler.step()                       # ours: 05_beyond.py --schedule
                 running_loss += loss.item() * len(labels)  # Accumulate the total loss (ours: a sum)
                 seen += len(labels)
 
@@ -277,10 +280,10 @@ def load_datasets(data_dir, download=True, transform=None):
 
 def make_loaders(traindataset, testdataset, batch_size=64):
     """trainloader (shuffled) and testloader (in order) over the two splits, normalised once."""
-    trainloader = make_loader(normalize(traindataset.data), traindataset.targets, batch_size,
-                              shuffle=True)
-    testloader = make_loader(normalize(testdataset.data), testdataset.targets, batch_size,
-                             shuffle=False)
+    trainloader = make_loader(TensorDataset(normalize(traindataset.data), traindataset.targets),
+                              batch_size, shuffle=True)
+    testloader = make_loader(TensorDataset(normalize(testdataset.data), testdataset.targets),
+                             batch_size, shuffle=False)
     return trainloader, testloader
 
 
@@ -290,11 +293,11 @@ def normalize(data):
     return data.unsqueeze(1).float().div_(255).sub_(0.5).div_(0.5)
 
 
-def make_loader(images, labels, batch_size, shuffle):
-    """The tutorial's DataLoader, shuffled or not: the same samplers, so the same batches in the
-    same order, but each batch one indexing of the whole tensors, where DataLoader(dataset,
-    batch_size=64, shuffle=True) fetches its 64 images one by one (docs/speed.md)."""
-    dataset = TensorDataset(images, labels)
+def make_loader(dataset, batch_size, shuffle):
+    """The tutorial's DataLoader over a dataset of whole tensors, shuffled or not: the same
+    samplers, so the same batches in the same order, but each batch one indexing of the whole
+    tensors, where DataLoader(dataset, batch_size=64, shuffle=True) fetches its 64 images one by
+    one (docs/speed.md)."""
     sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
                       batch_size=None)

@@ -46,8 +46,8 @@ from torchvision import datasets, transforms
 
 import common
 from common import FashionNeuralNetwork
-from plumbing import cli, datafiles, errors, memory, photo, saving
-from plumbing import threads as threads_module
+from plumbing import cli, datafiles, errors, photo, saving
+from plumbing import speed as threads_module
 
 HERE = Path(__file__).resolve().parent
 data_step = importlib.import_module("01_data")

@@ -6,20 +6,15 @@
     saving     safe writes, histories and checkpoints
     datafiles  finding, checking and unpacking the four Fashion-MNIST files
     photo      preparing a learner's own photo for 04_inference.py --image
-    memory     giving freed memory back to the system at once; large tensors in huge pages
+    speed      fast training on the CPU: settings made only where they can be undone, or in a
+               process of the script's own (python 02_baseline.py)
 
 Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
-script imports plumbing first: before torch makes a tensor (it reads the switch for huge pages
-then), and before matplotlib, which then imports whatever MPLBACKEND a launcher sets.
+script imports plumbing first, before matplotlib, which would otherwise refuse to import under a
+launcher's MPLBACKEND (below).
 """
 import os
 import sys
-
-from plumbing import memory
-
-# Before torch makes its first tensor, when it reads the switch, once: the training images in 2 MB
-# pages, an epoch 1.1 times faster (plumbing/memory.py, docs/speed.md).
-memory.huge_pages()
 
 
 # The scripts draw into files only: they need no backend of matplotlib's. But a notebook's kernel

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.torch_version import TorchVersion
 
-from plumbing import memory, threads
+from plumbing import speed
 from plumbing.errors import WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
@@ -98,20 +98,17 @@ _STOP_SIGNALS = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
 def run_script(main):
     """Run a script's main() for the command line: its return value is the exit status. Ctrl-C,
     SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
-    path and a failed write end in one sentence."""
-    # Under %run or runpy.run_path, the host goes on after the script: its signal handlers and its
-    # streams' error handlers are put back as they were, however the script ends.
+    path and a failed write end in one sentence. In a process of the script's own (python
+    02_baseline.py), the speed settings that cannot be undone are made first (plumbing/speed.py);
+    under %run or runpy, none: the host goes on after the script, and its signal handlers and its
+    streams' error handlers are put back as they were, however the script ends."""
+    if speed.owns_process(main.__code__.co_filename):
+        speed.for_own_process()
     handlers = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
     escaping = {s: _escape_what_cannot_be_encoded(s) for s in (sys.stdout, sys.stderr)}
-    sums = os.environ.get("MKL_CBWR")                # threads.strict_sums sets it for this run
     try:
         _run(main)
     finally:
-        torch.set_flush_denormal(False)     # torch's default again, for a host (%run) that goes on
-        if sums is None:
-            os.environ.pop("MKL_CBWR", None)
-        else:
-            os.environ["MKL_CBWR"] = sums
         for signum, handler in handlers.items():
             if handler is not None:              # None: set outside Python, cannot be put back
                 signal.signal(signum, handler)
@@ -134,16 +131,12 @@ def _escape_what_cannot_be_encoded(stream):
 
 def _run(main):
     """run_script's work: main() run, its end turned into an exit status."""
-    memory.give_back_freed_blocks()
     signal.signal(signal.SIGTERM, _terminate)
     hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
     if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
         signal.signal(hangup, _terminate)
-    threads.no_denormals()         # before torch starts its threads: they inherit the setting
-    threads.strict_sums()                          # the same run whatever the thread count
     try:
-        with threads.chosen_by_measuring():      # fast also when another program wants a core
-            status = main()
+        status = main()
         if sys.stdout:                   # None when the script was started with stdout closed
             sys.stdout.flush()
     except KeyboardInterrupt as stop:    # outcome: what became of the files it stopped saving

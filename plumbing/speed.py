@@ -1,0 +1,213 @@
+"""Speed on the CPU, without a number of the run changed and without a host left changed.
+
+Keeps safe: the speed of training on a CPU, and whatever runs the script. Two kinds of setting:
+
+- for_own_process(): what a library reads once, so that it cannot be undone: MKL's sums made
+  independent of the thread count ("strict sums", MKL_CBWR, read at MKL's first product), large
+  tensors in 2 MB pages ("huge pages", THP_MEM_ALLOC_ENABLE, read at torch's first tensor),
+  numbers too small for a float32 ("denormals") flushed to zero (inherited by the threads torch
+  starts later), freed blocks given back to the system. cli.run_script makes them only when the
+  process is the script's own (python 02_baseline.py): under %run or runpy, nothing.
+- threads_chosen(): while a network trains on the CPU, the thread count is chosen by timing the
+  steps, and put back afterwards (docs/speed.md).
+"""
+import copy
+import ctypes
+import os
+import sys
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import torch
+
+# ------------------------------------------------------------------- a process of the script's own
+
+STRICT_SUMS = "MKL_CBWR"                     # MKL's switch; AUTO,STRICT: the same for any count
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"          # PyTorch's switch (c10's alloc_cpu.cpp, torch 2.2 on)
+M_MMAP_THRESHOLD = -3                        # glibc's malloc.h: the size from which mmap serves
+
+
+def owns_process(script):
+    """Whether this process was started to run `script` (python 02_baseline.py), rather than being
+    a host that runs it (%run in a notebook, runpy, python -c)."""
+    for arg in sys.orig_argv[1:]:
+        if arg in ("-c", "-m"):
+            return False
+        if not arg.startswith("-") and Path(arg).resolve() == Path(script).resolve():
+            return True
+    return False
+
+
+def for_own_process():
+    """The settings read once, made before torch's first tensor, product and thread. A value the
+    user set for MKL_CBWR or THP_MEM_ALLOC_ENABLE is kept.
+
+    Why each: a batch gathers 64 images at random places of 188 MB of training images, and in
+    4 kB pages each costs a page lookup (huge pages: an epoch about 1.1 times faster). A ReLU
+    unit that stops firing leaves Adam's running averages for its weights decaying into
+    denormals, which an x86 CPU computes on a slow path at every step (flushed: about 1.15 times
+    faster, the same numbers). Strict sums let the thread count change without changing a
+    number. glibc's malloc keeps freed blocks of a few MB in its heap, scattered, so that a second
+    training in one run (05_beyond.py --final-fit) starts hundreds of MB higher."""
+    if not os.environ.get(STRICT_SUMS):
+        os.environ[STRICT_SUMS] = "AUTO,STRICT"
+    if not os.environ.get(HUGE_PAGES):
+        os.environ[HUGE_PAGES] = "1"
+    torch.set_flush_denormal(True)
+    with suppress(AttributeError, ValueError, OSError):       # glibc only: not macOS, Windows, musl
+        if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 2 ** 20)
+
+
+# ------------------------------------------------------------------- the thread count, measured
+
+WINDOW = 40           # optimizer steps timed per try: about a tenth of a second here,
+SECONDS = 2.0         # or, with big batches, as many steps as take this long (3 at least)
+KEEP = 25             # windows the choice is kept before the candidates are timed again,
+LONGEST = 4 * KEEP    # doubled each time the same count wins again, up to this
+SLOWER = 1.5          # a window this much slower than the choice's own time: time them again
+EARLY = 5             # steps after which a count whose typical step is SLOWER stops being timed
+
+
+def candidates(threads):
+    """The thread counts worth timing on `threads` cores, fewest first: one, half of them, all but
+    the one another program may hold, and all. One never collapses, so it sets the bar at which a
+    count that does (waiting on a busy core) stops being timed."""
+    return sorted({threads, threads - 1, threads // 2, 1} - {0})
+
+
+def typical(steps):
+    """A window's step time (two steps or more): the mean without its longest step. The mean, for
+    what the steps cost: beside busy programs, two threads take most steps as fast as alone and
+    stall on a few for a descheduled thread, which a median hides. Without the longest, for the
+    validation pass, which falls between two steps once an epoch."""
+    return (sum(steps) - max(steps)) / (len(steps) - 1)
+
+
+class ThreadChooser:
+    """Times the steps in windows and sets torch's thread count between two steps.
+
+    Each round times every candidate for one window (its typical step, typical()) and keeps the
+    fastest for KEEP windows, twice as long each time the same count wins again (up to LONGEST).
+    A window of the choice that runs SLOWER than it was timed (another program has started)
+    starts a new round at once, unless the choice is one thread: then nothing faster can be found
+    by timing again. Until its first step, the count is left as it is.
+    """
+
+    def __init__(self, threads, clock=time.perf_counter, set_threads=torch.set_num_threads):
+        self.threads, self.clock, self.set_threads = threads, clock, set_threads
+        self.choice, self.timed, self.steps, self.last = threads, {}, [], None
+        self.plan = []                       # the counts still to time in this round
+        self.kept, self.keep_for, self.best_before = 0, KEEP, None
+        self.started, self.on = False, True
+
+    def step(self):
+        """Called after each optimizer step."""
+        if not self.started:                 # the first round starts after the first step
+            self.started = True
+            self.plan = candidates(self.threads)
+            return self._use(self.plan[0])
+        now = self.clock()
+        if self.last is not None:
+            self.steps.append(now - self.last)
+        self.last = now
+        if len(self.steps) < WINDOW and not self._full() and not self._hopeless():
+            return
+        seconds, self.steps = typical(self.steps), []
+        if self.plan:                                           # timing the candidates
+            self.timed[self.plan.pop(0)] = seconds
+            if self.plan:
+                return self._use(self.plan[0])
+            choice = min(self.timed, key=self.timed.get)
+            self.keep_for = min(2 * self.keep_for, LONGEST) if choice == self.choice else KEEP
+            self.choice, self.kept = choice, 0
+            return self._use(self.choice)
+        self.kept += 1                                          # running the choice
+        # A slowdown calls for fewer threads; on one there are none fewer (a busier machine only
+        # slows one thread's share of a core), so there it waits for the round that is due.
+        slowed = self.choice > 1 and seconds > SLOWER * self.timed[self.choice]
+        if self.kept >= self.keep_for or slowed:
+            self.best_before = min(seconds, self.timed[self.choice])
+            self.timed, self.plan = {}, candidates(self.threads)
+            self._use(self.plan[0])
+
+    def _full(self):
+        """Whether the window has lasted SECONDS: a step of a big batch can take a second, and
+        40 of them on the slower count would cost most of a short run."""
+        return len(self.steps) >= 3 and sum(self.steps) >= SECONDS
+
+    def _hopeless(self):
+        """Whether the count being timed has already taken SLOWER times as long as a whole window
+        of the fastest so far, or its typical step after EARLY steps is SLOWER than the fastest's
+        (both without its longest step): a busy core can make its window cost seconds, so it
+        ends early."""
+        best = min(self.timed.values(), default=self.best_before)
+        if not self.plan or best is None or len(self.steps) < 2:
+            return False
+        return (sum(self.steps) - max(self.steps) > SLOWER * WINDOW * best
+                or len(self.steps) >= EARLY and typical(self.steps) > SLOWER * best)
+
+    def _use(self, n):
+        self.set_threads(n)
+        self.last = None                  # the step after a change starts a new interval
+
+
+def same_numbers(model, images, counts):
+    """Whether a forward and backward pass of a copy of `model` on `images`, a batch it is about to
+    take, gives the same floats on each of `counts` threads: the products of every shape the
+    network multiplies at that batch size. Draws no random number of the run's."""
+    threads = torch.get_num_threads()
+    copied = copy.deepcopy(model).eval()                  # eval: dropout draws no random numbers
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            copied.zero_grad()
+            with torch.enable_grad():                     # also during validation, under no_grad
+                out = copied(images.detach())
+                out.sum().backward()
+            results.append([out.detach()] + [p.grad.clone() for p in copied.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    return all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+
+
+def user_chose():
+    """Whether the user set the thread count: then it is obeyed as given."""
+    return any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
+@contextmanager
+def threads_chosen(model, optimizer, device):
+    """While `model` trains with `optimizer` on the CPU, torch's thread count is the fastest
+    measured (ThreadChooser), unless the user set it or there is one core; put back afterwards.
+    Each batch size the model meets is first checked to give the same numbers on every
+    candidate count (same_numbers): where one does not, the count in use stays for the rest of
+    the run, so the run is the one it would be without the choice."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or user_chose():
+        yield None
+        return
+    chooser, checked = ThreadChooser(threads), set()
+
+    def before_batch(module, args):
+        images = args[0]
+        if chooser.on and chooser.started and len(images) not in checked:
+            checked.add(len(images))
+            if not same_numbers(module, images, candidates(threads)):
+                chooser.on = False             # the count in use before, for the rest of the run
+                torch.set_num_threads(threads)
+
+    def after_step(optimizer, args, kwargs):
+        if chooser.on:
+            chooser.step()
+
+    handles = [model.register_forward_pre_hook(before_batch),
+               optimizer.register_step_post_hook(after_step)]
+    try:
+        yield chooser
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.set_num_threads(threads)
