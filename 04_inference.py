@@ -35,6 +35,9 @@ def main(argv=None):
     # "Make sure to make our model in the evaluation mode": load_checkpoint ends with model.eval()
     checkpoint_path = args.checkpoint or out_dir / "dropout.pt"
     model, checkpoint = saving.load_checkpoint(checkpoint_path, FashionNeuralNetwork, device)
+    if checkpoint["wrapper"]:              # the notebook's model was wrapped when it was saved
+        print(f"Read {checkpoint_path} as the same network: its weights were saved from "
+              f"{checkpoint['wrapper']}'s wrapper, whose prefix is taken off their names")
     if checkpoint["epoch"] is None:        # a state_dict saved elsewhere, as the notebook saves one
         print(f"Loaded {checkpoint_path}: the tutorial's network, saved elsewhere (a state_dict "
               "without these scripts' record): its dropout and epoch are unknown")

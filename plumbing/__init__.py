@@ -10,11 +10,37 @@
                process of the script's own (python 02_baseline.py)
 
 Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
-script imports plumbing first, before matplotlib, which would otherwise refuse to import under a
-launcher's MPLBACKEND (below).
+script imports plumbing first: what would stop torch or matplotlib from loading is said here in
+one sentence, before either is imported (below).
 """
 import os
 import sys
+
+from plumbing.errors import fail
+
+
+def _check_what_torch_needs():
+    """One sentence, not a library's traceback or its raw warning, for what stops the libraries
+    from loading: a working folder that was deleted (MKL cannot load then), a thread count that
+    is not a number, a missing package, a memory limit too low for torch's libraries."""
+    try:
+        os.getcwd()
+    except OSError:
+        fail("the folder this was started in no longer exists: cd to a folder that exists, and "
+             "run again.")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value and not (value.strip().isdigit() and int(value) > 0):
+            fail(f"{name} is {value!r}, not a number of threads: set it to a whole number such as "
+                 "2, or unset it.")
+    try:
+        import torch, torchvision    # noqa: F401, E401  (only to see that they load)
+    except ModuleNotFoundError as e:
+        fail(f"this Python ({sys.executable}) has no {e.name}: install what the scripts need, with "
+             "pip install -r requirements.txt, or run them with the Python that has it.")
+    except (ImportError, OSError) as e:
+        fail(f"torch's libraries could not be loaded ({str(e).splitlines()[0][:200]}): under a "
+             "memory limit (ulimit -v), raise it; otherwise reinstall torch.")
 
 
 # The scripts draw into files only: they need no backend of matplotlib's. But a notebook's kernel
@@ -37,3 +63,5 @@ def _import_matplotlib_without_mplbackend():
 
 if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):
     _import_matplotlib_without_mplbackend()
+if sys.modules.get("torch") is None:
+    _check_what_torch_needs()

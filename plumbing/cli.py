@@ -10,6 +10,7 @@ is told what to change, from the settings it ran with.
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 from contextlib import suppress
@@ -146,6 +147,12 @@ def _run(main):
         status = stop.status if isinstance(stop, Terminated) else 130
     except WriteError as e:
         status = _say(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
+    except (MemoryError, RuntimeError) as e:
+        asked = _memory_asked_for(e)
+        if asked is None:                # a RuntimeError of another kind: a bug, with its traceback
+            raise
+        status = _say(f"out of memory{asked}: pass a smaller --batch-size, close other programs, "
+                      "or use a machine with more memory.", 1)
     except OSError as e:
         if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
             _silence(sys.stdout)
@@ -162,6 +169,19 @@ def _run(main):
         except OSError:
             _silence(stream)
     sys.exit(status)
+
+
+def _memory_asked_for(error):
+    """For an allocation that failed (MemoryError, or torch's RuntimeError saying so), the size it
+    asked for, in words (" (it asked for 96 MB)", or "" when unknown); None for any other error."""
+    text = str(error)
+    if not isinstance(error, MemoryError) and "allocate" not in text and "out of memory" not in text:
+        return None
+    found = re.search(r"allocate (\d+) bytes", text)          # the CPU's allocator
+    if found:
+        return f" (it asked for {int(found.group(1)) / 2 ** 20:,.0f} MB)"
+    found = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text)     # CUDA's
+    return f" (it asked for {found.group(1)})" if found else ""
 
 
 def _say(message, status):

@@ -10,7 +10,7 @@ import json
 import os
 import pickle
 import pickletools
-import shutil
+import re
 import signal
 import tempfile
 import threading
@@ -23,13 +23,35 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
+try:
+    import fcntl                                # flock: Linux and macOS, not Windows
+except ImportError:
+    fcntl = None
+
 from plumbing.errors import BadFile, WriteError, fail, interrupt_in
 
+CLASSES = list(datasets.FashionMNIST.classes)     # the names a checkpoint of ours holds
 # No history of these scripts holds a loss per image this large (an untrained network's is 2.3).
 LARGEST_LOSS = 1000.0
 
 
 # ------------------------------------------------------------------------------------ safe writes
+
+@contextmanager
+def locked(folder):
+    """The scripts' lock on `folder` (flock on its file .write.lock, where the system has flock):
+    two runs writing there at once write their files one after the other, each set whole. A
+    temporary file found there meanwhile is a killed writer's (kill -9): it is removed."""
+    if fcntl is None:                                     # Windows: no lock between processes
+        yield
+        return
+    with open(Path(folder) / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)                  # released when the file is closed
+        for stale in Path(folder).glob(".*.tmp"):
+            if TEMPORARY.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
+        yield
+
 
 @contextmanager
 def atomic_write(path):
@@ -39,7 +61,7 @@ def atomic_write(path):
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with _write_errors(path):
+        with _write_errors(path), locked(path.parent):
             with open(tmp, "xb") as f:
                 yield f
                 f.flush()
@@ -51,38 +73,45 @@ def atomic_write(path):
 
 
 def write_set(writers):
-    """Write several files as one set ({path: write(f)}): each under a temporary name, then all
-    renamed into place together, with Ctrl-C and signals held off for those few renames. A failure
-    or a stop before leaves every file as it was; a WriteError or a KeyboardInterrupt says so in
-    its .outcome, or names the files of the set that are not this run's."""
+    """Write several files as one set ({path: write(f)}) into one folder: each under a temporary
+    name, then all renamed into place together, with Ctrl-C and signals held off for those few
+    renames, and the folder locked (locked()) throughout. A failure or a stop before leaves every
+    file as it was; a WriteError or a KeyboardInterrupt says so in its .outcome, or names the
+    files of the set that are not this run's."""
     paths = [Path(path) for path in writers]
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
             "from an earlier run" if len(paths) > 1 else "the file was left as it was")
     temporary = {}
     try:
-        for path in paths:
-            if path.is_dir():          # found now, before any file of the set is replaced
-                raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
-                                 kept)
-        try:
-            for path, write in zip(paths, writers.values()):
-                tmp = temporary[path] = temporary_name(path)
-                with _write_errors(path, kept), open(tmp, "xb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-        except KeyboardInterrupt as stop:
-            stop.outcome = kept
-            raise
-        with _signals_held():
-            for n, path in enumerate(paths):
-                with _write_errors(path, _half_saved(paths, n) if n else kept):
-                    os.replace(temporary[path], path)
+        with _write_errors(paths[0], kept), locked(paths[0].parent):
+            _write_locked(paths, writers, temporary, kept)
     finally:
         for tmp in temporary.values():
             with suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+def _write_locked(paths, writers, temporary, kept):
+    """write_set's work, the folder locked: the temporary files, then the renames."""
+    for path in paths:
+        if path.is_dir():          # found now, before any file of the set is replaced
+            raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
+                             kept)
+    try:
+        for path, write in zip(paths, writers.values()):
+            tmp = temporary[path] = temporary_name(path)
+            with _write_errors(path, kept), open(tmp, "xb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+    except KeyboardInterrupt as stop:
+        stop.outcome = kept
+        raise
+    with _signals_held():
+        for n, path in enumerate(paths):
+            with _write_errors(path, _half_saved(paths, n) if n else kept):
+                os.replace(temporary[path], path)
 
 
 def _half_saved(paths, n):
@@ -96,6 +125,10 @@ def temporary_name(path):
     """A name beside `path` for writing it, used by no other writer: not by another process, nor
     by one of another host or container sharing the folder, where the same PID can run."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
+
+
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")      # the names temporary_name() gives
+LOCK = ".write.lock"
 
 
 @contextmanager
@@ -161,6 +194,10 @@ def prepare_out_dir(out_dir):
         with tempfile.NamedTemporaryFile(dir=out_dir):
             pass
     except FileExistsError:
+        if out_dir.is_symlink():        # a link to nothing, or a loop of links
+            fail(f"{out_dir} is a link to {os.readlink(out_dir)}, which is not a folder (it does "
+                 "not exist, or its links go round in a loop): make that folder, or pass another "
+                 "--out-dir.")
         fail(f"{out_dir} is a file, not a folder: remove it or pass another --out-dir.")
     except OSError as e:
         fail(f"cannot write to {out_dir} ({e.strerror}): pass a folder you can write to with "
@@ -272,7 +309,7 @@ def save_checkpoint(path, state_dict, dropout, metrics):
 def checkpoint(state_dict, dropout, metrics):
     """A dict that rebuilds the network alone: weights, dropout, class names, epoch and metrics."""
     return {"state_dict": state_dict, "dropout": dropout,
-            "classes": list(datasets.FashionMNIST.classes), "epoch": metrics["epoch"],
+            "classes": CLASSES, "epoch": metrics["epoch"],
             "metrics": metrics}
 
 
@@ -314,12 +351,19 @@ def read_checkpoint(path, network, device):
         raise BadFile(f"{path} is empty, truncated or not a PyTorch checkpoint: {another}.") \
             from None
     ours = isinstance(checkpoint, dict) and {"state_dict", "dropout", "epoch"} <= checkpoint.keys()
+    found = _state_dict_in(checkpoint)
+    if not ours and found is None:
+        raise BadFile(f"{path} is not a checkpoint of these scripts (it lacks state_dict, "
+                      f"dropout and epoch), nor a state_dict of weights: {another}.")
     if not ours:
-        state = _state_dict_in(checkpoint)
-        if state is None:
-            raise BadFile(f"{path} is not a checkpoint of these scripts (it lacks state_dict, "
-                          f"dropout and epoch), nor a state_dict of weights: {another}.")
-        checkpoint = {"state_dict": state, "dropout": None, "epoch": None}     # saved elsewhere
+        checkpoint = {"state_dict": found[0], "dropout": None, "epoch": None}   # saved elsewhere
+    elif found is not None:
+        checkpoint = dict(checkpoint, state_dict=found[0])
+    checkpoint["wrapper"] = found and found[1]            # torch.compile or DataParallel, or None
+    classes = checkpoint.get("classes", CLASSES)
+    if classes != CLASSES:
+        raise BadFile(f"{path} holds a network for other classes ({_some(classes)}), not "
+                      f"Fashion-MNIST's ({_some(CLASSES)}): {another}.")
     redo = ("train again to write a fresh one, or pass another --checkpoint" if ours
             else f"save the network's state_dict again, or {another}")
     dropout, epoch, state = checkpoint["dropout"], checkpoint["epoch"], checkpoint["state_dict"]
@@ -332,9 +376,9 @@ def read_checkpoint(path, network, device):
     expected = list(network().state_dict())
     if isinstance(state, dict) and set(state) != set(expected):
         raise BadFile(f"{path} holds the weights of another network: its state_dict has "
-                      f"{_some(state)}, where the tutorial's 784-256-128-64-10 network has "
-                      f"{_some(expected)}; pass a state_dict of that network, or another "
-                      "--checkpoint.")
+                      f"the keys {_some(state)}, where the tutorial's 784-256-128-64-10 network "
+                      f"has the keys {_some(expected)}; pass a state_dict of that network, or "
+                      "another --checkpoint.")
     try:
         model = network(dropout=dropout or 0.0)          # dropout acts in train mode only
         model.load_state_dict(state)
@@ -352,22 +396,31 @@ def read_checkpoint(path, network, device):
     return model.to(device).eval(), checkpoint
 
 
+# What torch.compile (_orig_mod.) and DataParallel (module.) put before each weight's name
+WRAPPERS = {"_orig_mod.": "torch.compile", "module.": "DataParallel"}
+
+
 def _state_dict_in(obj):
     """The state_dict (names -> tensors) that `obj` is, or holds under "state_dict" as Udacity's
-    Part 6 saves one; None when it is neither."""
+    Part 6 saves one, and the wrapper whose prefix was taken off its names (None if none); None
+    when it is neither."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in obj.items()):
-        return obj
-    return None
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and
+                                                  isinstance(v, torch.Tensor)
+                                                  for k, v in obj.items())):
+        return None
+    for prefix, wrapper in WRAPPERS.items():
+        if all(k.startswith(prefix) for k in obj):
+            return {k[len(prefix):]: v for k, v in obj.items()}, wrapper
+    return obj, None
 
 
-def _some(keys, most=8):
-    """The keys of a state_dict, named: the first `most` of them."""
-    keys = list(keys)
-    more = f" and {len(keys) - most} more" if len(keys) > most else ""
-    return f"the keys {', '.join(keys[:most])}{more}"
+def _some(names, most=8):
+    """Names (a state_dict's keys, classes), the first `most` of them."""
+    names = [str(name) for name in names]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{', '.join(names[:most])}{more}"
 
 
 def _pickles_a_module(path):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from plumbing.errors import fail
+
 # ------------------------------------------------------------------- a process of the script's own
 
 STRICT_SUMS = "MKL_CBWR"                     # MKL's switch; AUTO,STRICT: the same for any count
@@ -52,6 +54,9 @@ def for_own_process():
     training in one run (05_beyond.py --final-fit) starts hundreds of MB higher."""
     if not os.environ.get(STRICT_SUMS):
         os.environ[STRICT_SUMS] = "AUTO,STRICT"
+    if os.environ.get(HUGE_PAGES, "") not in ("", "0", "1"):       # torch would only warn
+        fail(f"{HUGE_PAGES} is {os.environ[HUGE_PAGES]!r}, which torch takes for neither 0 nor 1: "
+             "set it to 0 (4 kB pages) or 1 (2 MB pages), or unset it.")
     if not os.environ.get(HUGE_PAGES):
         os.environ[HUGE_PAGES] = "1"
     torch.set_flush_denormal(True)
