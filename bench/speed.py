@@ -8,8 +8,8 @@ writes it (a DataLoader over torchvision's FashionMNIST with a per-image ToTenso
 batch 64, shuffled; the network, NLLLoss, Adam lr=0.003), then one epoch of the scripts' own code
 path (common.load_data and common.train, as 02_baseline.py calls them), alternating which goes
 first. Each side runs in a process of its own, with its own settings: the tutorial's with torch's
-defaults, as a learner runs the notebook; the scripts' with what plumbing and cli.run_script set
-(huge pages, the thread choice, strict sums, denormals flushed). It prints each round, the median
+defaults, as a learner runs the notebook; the scripts' with what cli.run_script sets in a script's
+own process (huge pages, strict sums, denormals flushed) and the thread choice. It prints each round, the median
 ratio and the compute floor measured on the spot: the network's FLOPs per epoch over the rate a
 large matrix product reaches here. Run it alone on the machine: a second job on the same cores
 slows both. It finds the data as the scripts do (a local copy first, so it runs offline where the
@@ -17,7 +17,7 @@ scripts do).
 
 With --busy N it measures the machine shared instead: it starts its own busy programs (a Python
 loop each, standing in for a browser tab or a notebook kernel), 0 to N of them, and times an epoch
-of the scripts with their thread choice (plumbing.threads) against a fixed thread count,
+of the scripts with their thread choice (plumbing/speed.py) against a fixed thread count,
 alternating, each round; it prints the median of the rounds, and stops every program it started,
 also on Ctrl-C.
 """
@@ -40,7 +40,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common                                     # noqa: E402  (the scripts' folder, added just above)
 from common import FashionNeuralNetwork           # noqa: E402
-from plumbing import cli, datafiles, memory, threads    # noqa: E402
+from plumbing import cli, datafiles, speed    # noqa: E402
 
 
 
@@ -91,8 +91,9 @@ def scripts_setup(data_dir):
 
 def scripts_epoch(model, loss_function, optimizer, trainloader, testloader):
     """One epoch of common.train(), the loop 02_baseline.py runs, with the thread choice the
-    scripts make (plumbing.threads, started afresh each epoch)."""
-    with contextlib.redirect_stdout(io.StringIO()), threads.chosen_by_measuring():
+    scripts make (plumbing.speed.threads_chosen, started afresh each epoch)."""
+    with contextlib.redirect_stdout(io.StringIO()), \
+            speed.threads_chosen(model, optimizer, torch.device("cpu")):
         run = common.train(model, trainloader, testloader, loss_function, optimizer, 1,
                            torch.device("cpu"))
     return run.accuracies[-1]
@@ -108,9 +109,13 @@ def fixed_epoch(model, loss_function, optimizer, trainloader, testloader):
 def epoch_server(connection, data_dir, side):
     """In a process of its own, so that each side runs with its own settings: an epoch each time
     it is asked, of the tutorial's pipeline as a learner runs the notebook (side "tutorial"), of
-    the scripts as they run (None: what plumbing and cli.run_script set, the thread choice), or of
-    the scripts as before the thread choice (a fixed thread count, MKL's default sums, denormals
-    kept, 4 kB pages). epoch_servers sets the environment (huge pages) each side starts with."""
+    the scripts as they run (None: what cli.run_script sets in a script's own process, the thread
+    choice), or of the scripts as before the thread choice (a fixed thread count, MKL's default
+    sums, denormals kept, 4 kB pages)."""
+    if side is None:
+        speed.for_own_process()                    # as cli.run_script does, before any tensor
+    else:
+        os.environ[speed.HUGE_PAGES] = "0"         # torch's default: 4 kB pages
     torch.manual_seed(0)
     if side == "tutorial":
         state, epoch = tutorial_setup(data_dir), tutorial_epoch
@@ -118,9 +123,6 @@ def epoch_server(connection, data_dir, side):
         torch.set_num_threads(side)
         state, epoch = scripts_setup(data_dir), fixed_epoch
     else:
-        memory.give_back_freed_blocks()            # as cli.run_script does, before any product
-        threads.no_denormals()
-        threads.strict_sums()
         state, epoch = scripts_setup(data_dir), scripts_epoch
     while connection.recv():
         start = time.perf_counter()
@@ -138,8 +140,7 @@ def epoch_servers(data_dir, sides):
         for name, fixed in sides.items():
             ours, theirs = context.Pipe()
             process = context.Process(target=epoch_server, args=(theirs, data_dir, fixed))
-            with huge_pages(fixed is None):        # read by torch as the new process imports it
-                process.start()
+            process.start()
             servers[name] = (ours, process)
         yield {name: ours for name, (ours, _) in servers.items()}
     finally:
@@ -149,22 +150,6 @@ def epoch_servers(data_dir, sides):
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
-
-
-@contextlib.contextmanager
-def huge_pages(wanted):
-    """The environment a process started inside inherits: THP_MEM_ALLOC_ENABLE as the scripts have
-    it (wanted: plumbing's "1", or what the user set), or "0", torch's default (the tutorial's side,
-    and a fixed thread count: the scripts as before). Not unset: the new process imports plumbing
-    (through common) before its first tensor, and plumbing would set "1"."""
-    before = os.environ.get(memory.HUGE_PAGES)
-    os.environ[memory.HUGE_PAGES] = (before if before is not None else "1") if wanted else "0"
-    try:
-        yield
-    finally:
-        os.environ.pop(memory.HUGE_PAGES, None)
-        if before is not None:
-            os.environ[memory.HUGE_PAGES] = before
 
 
 @contextlib.contextmanager

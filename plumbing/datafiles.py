@@ -9,12 +9,11 @@ torchvision then makes of them is checked too.
 """
 import gzip
 import hashlib
-import json
 import math
 import os
 import socket
 import zlib
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,9 +42,6 @@ SHA256 = {
 # Files with fewer items than Fashion-MNIST's have no digest to match: they are used only where
 # this variable is 1, as the test suite sets it for its tiny data set (docs/testing.md).
 SUBSET_VARIABLE = "FASHION_MNIST_SUBSET"
-# Beside the raw files: the size and times of each file whose digest was checked, so that an
-# unchanged file is not read and checked again on every run.
-CHECKED = ".sha256-checked.json"
 DOWNLOAD_TIMEOUT = 30           # seconds without an answer before the download gives up
 
 
@@ -61,11 +57,9 @@ def ensure_raw_files(data_dir, download=True):
              "to hold, FashionMNIST/raw/.")
     root = data_root(data_dir)
     raw = root / "FashionMNIST" / "raw"
-    checked = _read_checked(raw)      # the files unchanged since their digest was checked
-    needed = {name: problem for name in RAW_FILES
-              if name not in checked and (problem := idx_problem(raw / name))}
+    needed = {name: problem for name in RAW_FILES if (problem := idx_problem(raw / name))}
     if not needed:
-        return _checked_root(raw)
+        return root
     try:
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -114,7 +108,7 @@ def ensure_raw_files(data_dir, download=True):
              f"or install Debian's package (apt-get install dataset-fashion-mnist), or put the "
              f"four *-ubyte.gz files in {raw} or in a folder named by FASHION_MNIST_DIR{env or ''}."
              f"\nThe download failed: {why}")
-    return _checked_root(raw)
+    return root
 
 
 def data_root(data_dir):
@@ -134,55 +128,6 @@ def data_root(data_dir):
         return folder
     print(f"Reading {folder} as the data set's {folder.name} folder: --data-dir {root}")
     return root
-
-
-def _checked_root(raw):
-    """raw's root, once its four files are sound: the splits hold no image in common, and each
-    file whose digest was checked is remembered as checked."""
-    if not all(_is_full(raw / f"{split}-images-idx3-ubyte") for split in ("train", "t10k")):
-        shared, tested = _shared_images(raw)
-        if shared:
-            fail(f"the training and test images in {raw} are the same images ({shared} of the "
-                 f"{tested} test images are training images too), so testing would measure what "
-                 "the network memorised: delete these files and run again to fetch a fresh copy.")
-    checked = {name: _identity(raw / name) for name in RAW_FILES if _is_full(raw / name)}
-    if checked != _read_checked(raw):
-        with suppress(WriteError):          # a folder that is not ours to write: checked each run
-            with atomic_write(raw / CHECKED) as f:
-                f.write(json.dumps(checked).encode())
-    return raw.parent.parent
-
-
-def _is_full(path):
-    """Whether a sound raw file is full-size: then its digest was checked, and matched."""
-    return path.stat().st_size == _full_size(path.name)
-
-
-def _identity(path):
-    """What changes when a file does: its size, modification and change times, and inode."""
-    with suppress(OSError):
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    return None
-
-
-def _read_checked(raw):
-    """The files in `raw` whose digest was checked and that have not changed since, with their
-    identity then."""
-    with suppress(OSError, ValueError):
-        checked = json.loads((raw / CHECKED).read_bytes())
-        if isinstance(checked, dict):
-            return {name: checked[name] for name in RAW_FILES
-                    if checked.get(name) is not None and checked[name] == _identity(raw / name)}
-    return {}
-
-
-def _shared_images(raw):
-    """How many test images are training images too, of how many (Fashion-MNIST's: 0 of 10000)."""
-    train, test = ((raw / f"{split}-images-idx3-ubyte").read_bytes()[16:]
-                   for split in ("train", "t10k"))
-    seen = {train[i:i + 784] for i in range(0, len(train), 784)}
-    return sum(test[i:i + 784] in seen for i in range(0, len(test), 784)), len(test) // 784
 
 
 @contextmanager
