@@ -119,7 +119,8 @@ def parse_args(argv):
                              "training batches")
     parser.add_argument("--mixup", type=cli.non_negative_float, default=0.0, metavar="ALPHA",
                         help="train on pairs of images mixed in a proportion drawn from "
-                             "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off")
+                             "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off, "
+                             "else from 0.01")
     parser.add_argument("--seeds", type=cli.positive_int, default=1, metavar="N",
                         help="train every setting (one run, or each value of a sweep) on N seeds, "
                              "--seed and the ones after it, and give each figure's mean and "
@@ -132,9 +133,20 @@ def parse_args(argv):
         if getattr(args, flag) and not args.val_split:
             parser.error(f"argument --{flag.replace('_', '-')}: needs --val-split N (10000 is "
                          "a good choice), to choose on held-out training images")
-    if 0 < args.mixup < 0.001:
-        parser.error(f"argument --mixup: {args.mixup} is too small to draw proportions from; use 0 "
-                     "(off) or a number of at least 0.001")
+    if 0 < args.mixup < MIXUP_LOWEST:
+        parser.error(f"argument --mixup: {args.mixup:g} is too small: below {MIXUP_LOWEST:g}, "
+                     "torch's Beta draws underflow (to 0, 1 or exactly 0.5, not Beta's "
+                     f"proportions); use 0 (off) or a number from {MIXUP_LOWEST:g} to "
+                     f"{MIXUP_HIGHEST:.2g}")
+    if args.mixup > MIXUP_HIGHEST:
+        parser.error(f"argument --mixup: {args.mixup:g} is too large: torch holds it as infinity, "
+                     "and every proportion it draws is 0, which mixes nothing; use 0 (off) or a "
+                     f"number from {MIXUP_LOWEST:g} to {MIXUP_HIGHEST:.2g}")
+    last = args.seed + args.seeds - 1                 # the last seed trained on (seeds())
+    if last > LAST_SEED:
+        parser.error(f"argument --seeds: {args.seeds} seeds from --seed {args.seed} end at {last}, "
+                     f"past torch.manual_seed's last, {LAST_SEED}: use --seeds "
+                     f"{LAST_SEED - args.seed + 1} or fewer, or a smaller --seed")
     if args.sweep_dropout and len(set(args.sweep_dropout)) < len(args.sweep_dropout):
         parser.error("argument --sweep-dropout: each value once, please")
     if args.lr * args.weight_decay >= 1:       # AdamW multiplies each weight by 1 - lr * decay
@@ -278,6 +290,10 @@ def sweep(args, trainloader, testloader, device, out_dir):
 
 
 # ------------------------------------------------------------------ seeds, means and their spread
+
+# The largest seed torch.manual_seed takes, as --seed's type allows it (plumbing.cli)
+LAST_SEED = 2 ** 64 - 1
+
 
 def seeds(args):
     """The seeds each setting is trained on: --seed and the --seeds - 1 after it."""
@@ -472,6 +488,12 @@ class Augmented:
             which = torch.arange(len(part))[:, None, None]
             augmented[i:i + CHUNK, 0] = padded[which, 0, rows, cols]
         return augmented, labels
+
+
+# The alphas whose Beta(alpha, alpha) torch draws as Beta's. Below 0.01 its float32 draws underflow
+# to 0, 1 or, from 0 / 0, exactly 0.5 (in a million draws: 839 of 0.5 at 0.005, 1 at 0.009, none at
+# 0.01); above float32's largest number, alpha is infinite and every draw is 0.
+MIXUP_LOWEST, MIXUP_HIGHEST = 0.01, torch.finfo(torch.float32).max
 
 
 class Mixup:

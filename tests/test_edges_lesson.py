@@ -77,3 +77,37 @@ class NotebookEdgeTests(unittest.TestCase):
         self.assertEqual(run.stopped, "interrupted")
         lengths = {len(x) for x in (run.train_losses, run.test_losses, run.accuracies, run.seconds)}
         self.assertEqual((run.epochs, lengths), (1, {1}))
+
+
+# ------------------------------------------------- class 2 and 11c: values derived from flags
+
+class DerivedValueTests(TinyDataTestCase):
+    """A flag valid alone, refused in one sentence where what it makes is not, before any file."""
+
+    def test_seeds_that_run_past_torchs_last_seed_are_refused_before_any_file(self):
+        last = 2 ** 64 - 1
+        err = self.assert_refused(beyond, ["--seed", last - 1, "--seeds", 3], "argument --seeds",
+                                  f"end at {last + 1}", "use --seeds 2 or fewer")
+        self.assertEqual(err.count("error:"), 1)
+        self.assertFalse(self.out_dir.exists())
+        self.assertEqual(beyond.parse_args(["--seed", str(last - 1), "--seeds", "2"]).seeds, 2)
+
+    def test_mixup_alphas_whose_beta_draws_underflow_or_overflow_are_refused(self):
+        for alpha, phrase in (("0.005", "too small"), ("1e-50", "too small"), ("1e39", "too large")):
+            with self.subTest(alpha):
+                self.assert_refused(beyond, ["--mixup", alpha], "argument --mixup", phrase,
+                                    "use 0 (off) or a number from 0.01 to 3.4e+38")
+        self.assertFalse(self.out_dir.exists())
+        for alpha in ("0.01", "3e38"):
+            self.assertEqual(beyond.parse_args(["--mixup", alpha]).mixup, float(alpha))
+
+    def test_the_smallest_mixup_alpha_is_where_torchs_beta_draws_stop_underflowing(self):
+        def draws(alpha):
+            torch.manual_seed(0)
+            beta = beyond.Mixup(tiny_loader(), alpha).beta        # the Beta that Mixup draws from
+            return beta.sample((200000,)).double()
+        at_the_edge = draws(beyond.MIXUP_LOWEST)
+        self.assertEqual((at_the_edge == 0.5).sum().item(), 0)     # no 0 / 0 left
+        mixing = (torch.minimum(at_the_edge, 1 - at_the_edge) >= 1e-3).double().mean().item()
+        self.assertAlmostEqual(mixing, 1 - 1e-3 ** beyond.MIXUP_LOWEST, delta=0.003)   # Beta's
+        self.assertGreater((draws(beyond.MIXUP_LOWEST / 2) == 0.5).sum().item(), 50)  # underflows
