@@ -12,10 +12,16 @@ import unittest
 from unittest import mock
 
 import torch
+from PIL import Image
 from torch import nn, optim
 
 import common
-from test_scripts import N_TRAIN, TinyDataTestCase, beyond, inference, is_png, run_main
+from plumbing import datafiles
+from test_scripts import TinyDataTestCase, beyond, inference, is_png, run_main
+
+# The tiny data set is a subset of Fashion-MNIST's size: the scripts take one where this says so.
+_subset = mock.patch.dict("os.environ", {datafiles.SUBSET_VARIABLE: "1"})
+setUpModule, tearDownModule = _subset.start, _subset.stop
 
 
 def quietly(function, *args, **kwargs):
@@ -111,3 +117,21 @@ class DerivedValueTests(TinyDataTestCase):
         mixing = (torch.minimum(at_the_edge, 1 - at_the_edge) >= 1e-3).double().mean().item()
         self.assertAlmostEqual(mixing, 1 - 1e-3 ** beyond.MIXUP_LOWEST, delta=0.003)   # Beta's
         self.assertGreater((draws(beyond.MIXUP_LOWEST / 2) == 0.5).sum().item(), 50)  # underflows
+
+
+# ---------------------------------------------------------------- class 11a: 04's earlier picture
+
+class EarlierInferencePictureTests(TinyDataTestCase):
+    def test_04_names_the_one_image_picture_of_an_earlier_run_either_way(self):
+        self.use_trained_dropout()
+        photo = self.tmp / "photo.png"
+        Image.new("L", (40, 40), 0).save(photo)
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertNotIn("earlier run's", out)
+        status, out, err = run_main(inference, *self.paths(), "--image", photo)
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"The inference.png in {self.out_dir} is an earlier run's.", out)
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"The inference_image.png in {self.out_dir} is an earlier run's.", out)
