@@ -306,14 +306,14 @@ def sweep(args, trainloader, testloader, device, out_dir):
     return 0
 
 
-def say_stopped(series, progress, run, which, told, then, filename):
+def say_stopped(series, progress, run, which, shown, then, filename):
     """The one rule for a series of runs (a sweep, --seeds) in which `run` stopped: the finished
-    runs are `told` (tabled...), the stopped one left out, and its completed epochs kept in
+    runs are `shown` ("tabled"), the stopped one left out, and its completed epochs kept in
     `filename`, marked stopped."""
     finished = progress.started - 1
     if finished:
         told = (f"{'its' if finished > 1 else 'the'} {plural(finished, 'finished run')} "
-                f"{'are' if finished > 1 else 'is'} {told}, the stopped one left out")
+                f"{'are' if finished > 1 else 'is'} {shown}, the stopped one left out")
     else:
         told = "no run finished, so nothing is tabled"
     kept = ""

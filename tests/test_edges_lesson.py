@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import common
 from plumbing import datafiles, saving
-from test_scripts import TinyDataTestCase, beyond, inference, is_png, run_main
+from test_scripts import TinyDataTestCase, beyond, inference, run_main
 
 # The tiny data set is a subset of Fashion-MNIST's size: the scripts take one where this says so.
 _subset = mock.patch.dict("os.environ", {datafiles.SUBSET_VARIABLE: "1"})
