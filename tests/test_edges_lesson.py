@@ -100,7 +100,8 @@ class DerivedValueTests(TinyDataTestCase):
         self.assertEqual(beyond.parse_args(["--seed", str(last - 1), "--seeds", "2"]).seeds, 2)
 
     def test_mixup_alphas_whose_beta_draws_underflow_or_overflow_are_refused(self):
-        for alpha, phrase in (("0.005", "too small"), ("1e-50", "too small"), ("1e39", "too large")):
+        refused = (("0.005", "too small"), ("1e-50", "too small"), ("1e39", "too large"))
+        for alpha, phrase in refused:
             with self.subTest(alpha):
                 self.assert_refused(beyond, ["--mixup", alpha], "argument --mixup", phrase,
                                     "use 0 (off) or a number from 0.01 to 3.4e+38")
@@ -187,9 +188,9 @@ class StoppedSeriesTests(TinyDataTestCase):
                           table["stopped"]["how"], len(table["stopped"]["test_losses"])),
                          (0.1, 0, "interrupted", 1))
         self.assertFalse((self.out_dir / "dropout_sweep.png").exists())
-        self.assertIn("The sweep stopped during its run 1 of 2 (dropout 0.1, seed 0), after 1 of its "
-                      "2 epochs: no run finished, so nothing is tabled, and no choice is made. Its 1 "
-                      "completed epoch is kept in dropout_sweep.json, marked stopped.", err)
+        self.assertIn("The sweep stopped during its run 1 of 2 (dropout 0.1, seed 0), after 1 of "
+                      "its 2 epochs: no run finished, so nothing is tabled, and no choice is made. "
+                      "Its 1 completed epoch is kept in dropout_sweep.json, marked stopped.", err)
         self.assertIn("Kept the 1 completed epoch;", err)          # as the single run says it
 
     def test_a_stopped_sweep_names_the_earlier_files_it_did_not_rewrite(self):
@@ -200,8 +201,8 @@ class StoppedSeriesTests(TinyDataTestCase):
         status, out, err = run_main(beyond, *self.paths(), *SWEEP, "--final-fit")
         self.assertEqual(status, 130, err)
         self.assertIn(f"The dropout_sweep.png in {self.out_dir} is an earlier run's.", out)
-        self.assertIn(f"No final fit: the sweep did not end; the beyond_final.pt in {self.out_dir} is "
-                      "an earlier run's.", err)
+        self.assertIn("No final fit: the sweep did not end; the beyond_final.pt in "
+                      f"{self.out_dir} is an earlier run's.", err)
 
     def test_a_diverged_run_of_a_sweep_gets_the_single_runs_sentence(self):
         diverge_after_first_epoch(self)
@@ -209,7 +210,8 @@ class StoppedSeriesTests(TinyDataTestCase):
                                     "--dropout", 0.1, "--out-dir", self.out_dir / "alone")
         self.assertEqual(status, 1, alone)
         sentence, = [line for line in alone.splitlines() if line.startswith("error:")]
-        self.assertIn("the training diverged at epoch 2 (a loss above 100 or not a number)", sentence)
+        self.assertIn("the training diverged at epoch 2 (a loss above 100 or not a number)",
+                      sentence)
         status, out, err = run_main(beyond, *self.paths(), *SWEEP)
         self.assertEqual(status, 1, err)
         self.assertIn(sentence, err.splitlines())
@@ -225,8 +227,8 @@ class StoppedSeriesTests(TinyDataTestCase):
         self.assertEqual(({k: v.get("stopped") for k, v in table.items()}),
                          {"0": None, "1": "interrupted"})
         self.assertEqual(len(table["1"]["test_losses"]), 1)
-        self.assertIn("The series of seeds stopped during its run 2 of 2 (seed 1), after 1 of its 2 "
-                      "epochs: the 1 finished run is tabled, the stopped one left out. Its 1 "
+        self.assertIn("The series of seeds stopped during its run 2 of 2 (seed 1), after 1 of "
+                      "its 2 epochs: the 1 finished run is tabled, the stopped one left out. Its 1 "
                       "completed epoch is kept in beyond_seeds.json, marked stopped.", err)
 
     def test_seeds_stopped_in_the_first_epoch_end_in_the_stop_not_a_traceback(self):
