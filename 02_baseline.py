@@ -76,7 +76,7 @@ def main(argv=None):
     if run.epochs:                  # a Ctrl-C during the first epoch leaves nothing to draw
         fig = common.plot_losses({"baseline": run}, "Without dropout: training and validation loss")
     # Ours: the history, the checkpoints and the plot (baseline_loss.png), saved as one set
-    saving.save_run("baseline", run, 0.0, out_dir, plot=fig)
+    saving.save_run("baseline", run, dropout=0.0, out_dir=out_dir, plot=fig)
 
     # -------------------------------------------------------------- "Overfitting", "Regularization"
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early

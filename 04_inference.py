@@ -102,6 +102,10 @@ def main(argv=None):
     saving.save_figures(pictures)             # ours: the three pictures of one run, as one set
     for path in pictures:
         print(f"Wrote {path}")
+    # Ours: the one-image picture this run did not draw, if it is there, is an earlier run's
+    other = out_dir / ("inference.png" if args.image else "inference_image.png")
+    if other.exists():
+        print(f"The {other.name} in {out_dir} is an earlier run's.")
     return 0
 
 

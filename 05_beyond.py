@@ -53,17 +53,26 @@ def main(argv=None):
         if outcomes[seed]["status"]:
             break
     if args.seeds > 1:
-        runs = {seed: o["run"] for seed, o in outcomes.items() if o["run"].epochs}
-        print_spread({args.dropout: runs}, "dropout")
+        # A stopped run is left out of the table, as in a sweep; its epochs are kept, marked.
+        runs = {seed: o["run"] for seed, o in outcomes.items() if not o["run"].stopped}
+        if runs:
+            print_spread({args.dropout: runs}, "dropout")
         tests = [o["test_accuracy"] for o in outcomes.values() if o["test_accuracy"] is not None]
         if tests:
             mean, sd = mean_sd(tests)
             print(f"Test accuracy, once per seed: {', '.join(f'{t:.4f}' for t in tests)}: "
                   f"{mean:.4f} ± {sd:.4f} (mean ± standard deviation of {len(tests)} seeds)")
-        saving.write_json(out_dir / "beyond_seeds.json", {
-            str(seed): {**saving.history(o["run"]), "test_accuracy": o["test_accuracy"]}
-            for seed, o in outcomes.items()})
+        table = {}
+        for seed, o in outcomes.items():
+            table[str(seed)] = {**saving.history(o["run"]), "test_accuracy": o["test_accuracy"]}
+            if o["run"].stopped:
+                table[str(seed)]["stopped"] = o["run"].stopped
+        saving.write_json(out_dir / "beyond_seeds.json", table)
         print(f"Wrote {out_dir / 'beyond_seeds.json'}")
+        run = outcomes[seed]["run"]                     # the last: the one that stopped, if one did
+        if run.stopped:
+            say_stopped("series of seeds", progress, run, f"seed {seed}", "tabled", "",
+                        "beyond_seeds.json")
     return next((o["status"] for o in outcomes.values() if o["status"]), 0)
 
 
@@ -119,7 +128,8 @@ def parse_args(argv):
                              "training batches")
     parser.add_argument("--mixup", type=cli.non_negative_float, default=0.0, metavar="ALPHA",
                         help="train on pairs of images mixed in a proportion drawn from "
-                             "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off")
+                             "Beta(ALPHA, ALPHA) per batch, their labels mixed alike; 0 is off, "
+                             "else from 0.01")
     parser.add_argument("--seeds", type=cli.positive_int, default=1, metavar="N",
                         help="train every setting (one run, or each value of a sweep) on N seeds, "
                              "--seed and the ones after it, and give each figure's mean and "
@@ -132,9 +142,20 @@ def parse_args(argv):
         if getattr(args, flag) and not args.val_split:
             parser.error(f"argument --{flag.replace('_', '-')}: needs --val-split N (10000 is "
                          "a good choice), to choose on held-out training images")
-    if 0 < args.mixup < 0.001:
-        parser.error(f"argument --mixup: {args.mixup} is too small to draw proportions from; use 0 "
-                     "(off) or a number of at least 0.001")
+    if 0 < args.mixup < MIXUP_LOWEST:
+        parser.error(f"argument --mixup: {args.mixup:g} is too small: below {MIXUP_LOWEST:g}, "
+                     "torch's Beta draws underflow (to 0, 1 or exactly 0.5, not Beta's "
+                     f"proportions); use 0 (off) or a number from {MIXUP_LOWEST:g} to "
+                     f"{MIXUP_HIGHEST:.2g}")
+    if args.mixup > MIXUP_HIGHEST:
+        parser.error(f"argument --mixup: {args.mixup:g} is too large: torch holds it as infinity, "
+                     "and every proportion it draws is 0, which mixes nothing; use 0 (off) or a "
+                     f"number from {MIXUP_LOWEST:g} to {MIXUP_HIGHEST:.2g}")
+    last = args.seed + args.seeds - 1                 # the last seed trained on (seeds())
+    if last > LAST_SEED:
+        parser.error(f"argument --seeds: {args.seeds} seeds from --seed {args.seed} end at {last}, "
+                     f"past torch.manual_seed's last, {LAST_SEED}: use --seeds "
+                     f"{LAST_SEED - args.seed + 1} or fewer, or a smaller --seed")
     if args.sweep_dropout and len(set(args.sweep_dropout)) < len(args.sweep_dropout):
         parser.error("argument --sweep-dropout: each value once, please")
     if args.lr * args.weight_decay >= 1:       # AdamW multiplies each weight by 1 - lr * decay
@@ -236,31 +257,39 @@ def sweep(args, trainloader, testloader, device, out_dir):
         if run.stopped:
             break
     runs = {p: r for p, r in runs.items() if r}
-    if not runs:
-        print("No epoch was completed: nothing to draw.")
-        return cli.exit_status(run)
-    print_spread(runs, "dropout")
-    chosen, why = (None, None) if run.stopped else choose(runs)
+    if run.stopped:     # told as a single run is told: its numbers, then how it ended
+        common.print_summary(run, cli.divergence_advice(args))
+    chosen, why = None, None
+    if runs:
+        print_spread(runs, "dropout")
+        if not run.stopped:
+            chosen, why = choose(runs)
     epochs = chosen is not None and {seed: r.best_epoch for seed, r in runs[chosen].items()}
+    # A stopped run is left out of the table, the picture and the choice; its epochs are kept.
+    stopped = {"dropout": p, "seed": seed, "how": run.stopped, **saving.history(run)}
     table = {"seeds": list(seeds(args)),
              "runs": {str(p): {str(seed): saving.history(r) for seed, r in rs.items()}
                       for p, rs in runs.items()},
              "chosen": None if chosen is None else {"dropout": chosen, "epochs": epochs,
-                                                    "why": why}}
-    fig = plot_sweep(runs, chosen)
-    saving.write_set({out_dir / "dropout_sweep.json": lambda f: f.write(saving.json_bytes(table)),
-                      out_dir / "dropout_sweep.png": partial(saving.write_figure, fig)})
-    print(f"Wrote {out_dir / 'dropout_sweep.png'} and {out_dir / 'dropout_sweep.json'}")
+                                                    "why": why},
+             "stopped": stopped if run.stopped and run.epochs else None}
+    files = {}
+    if runs:
+        files[out_dir / "dropout_sweep.png"] = partial(saving.write_figure,
+                                                       plot_sweep(runs, chosen))
+    if runs or table["stopped"]:
+        files[out_dir / "dropout_sweep.json"] = lambda f: f.write(saving.json_bytes(table))
+    if files:
+        saving.write_set(files)
+        print(f"Wrote {listed(str(path) for path in files)}")
+    for name in ("dropout_sweep.png", "dropout_sweep.json"):
+        if out_dir / name not in files and (out_dir / name).exists():
+            print(f"The {name} in {out_dir} is an earlier run's.")
     if run.stopped:
-        finished = progress.started - 1
-        print(f"The sweep stopped during its run {progress.started} of {progress.runs} (dropout "
-              f"{p}, seed {seed}), after {run.epochs} of its {args.epochs} epochs: "
-              f"{'its' if finished > 1 else 'the'} {finished} finished "
-              f"run{'s are' if finished > 1 else ' is'} drawn and tabled, the stopped one left "
-              "out, and no choice is made.", file=sys.stderr)
-        if run.stopped == "diverged":
-            print(f"error: the run of dropout {p}, seed {seed}, diverged at epoch "
-                  f"{run.epochs + 1} {cli.divergence_advice(args)}.", file=sys.stderr)
+        say_stopped("sweep", progress, run, f"dropout {p}, seed {seed}", "drawn and tabled",
+                    ", and no choice is made", "dropout_sweep.json")
+        if args.final_fit:
+            print(f"No final fit: the sweep did not end{earlier_final(out_dir)}.", file=sys.stderr)
         return cli.exit_status(run)
     print(f"Chosen: dropout {chosen}. {why}")
     if args.final_fit:
@@ -279,7 +308,30 @@ def sweep(args, trainloader, testloader, device, out_dir):
     return 0
 
 
+def say_stopped(series, progress, run, which, shown, then, filename):
+    """The one rule for a series of runs (a sweep, --seeds) in which `run` stopped: the finished
+    runs are `shown` ("tabled"), the stopped one left out, and its completed epochs kept in
+    `filename`, marked stopped."""
+    finished = progress.started - 1
+    if finished:
+        told = (f"{'its' if finished > 1 else 'the'} {plural(finished, 'finished run')} "
+                f"{'are' if finished > 1 else 'is'} {shown}, the stopped one left out")
+    else:
+        told = "no run finished, so nothing is tabled"
+    kept = ""
+    if run.epochs:
+        kept = (f" Its {plural(run.epochs, 'completed epoch')} {'is' if run.epochs == 1 else 'are'}"
+                f" kept in {filename}, marked stopped.")
+    print(f"The {series} stopped during its run {progress.started} of {progress.runs} ({which}), "
+          f"after {run.epochs} of its {progress.args.epochs} epochs: {told}{then}.{kept}",
+          file=sys.stderr)
+
+
 # ------------------------------------------------------------------ seeds, means and their spread
+
+# The largest seed torch.manual_seed takes, as --seed's type allows it (plumbing.cli)
+LAST_SEED = 2 ** 64 - 1
+
 
 def seeds(args):
     """The seeds each setting is trained on: --seed and the --seeds - 1 after it."""
@@ -448,6 +500,12 @@ class Augmented:
             which = torch.arange(len(part))[:, None, None]
             augmented[i:i + CHUNK, 0] = padded[which, 0, rows, cols]
         return augmented, labels
+
+
+# The alphas whose Beta(alpha, alpha) torch draws as Beta's. Below 0.01 its float32 draws underflow
+# to 0, 1 or, from 0 / 0, exactly 0.5 (in a million draws: 839 of 0.5 at 0.005, 1 at 0.009, none at
+# 0.01); above float32's largest number, alpha is infinite and every draw is 0.
+MIXUP_LOWEST, MIXUP_HIGHEST = 0.01, torch.finfo(torch.float32).max
 
 
 class Mixup:

@@ -1,7 +1,8 @@
 """The lesson's shared code: the network, the training loop and the Run it returns, the loss plot
 and the verdict on overfitting (steps 2, 3), view_classify (step 4), and the data (step 1).
 
-The mechanics a learner may skip live in plumbing/; each call says so by its module name.
+The mechanics a learner may skip live in plumbing/; each call says so by its module name. A
+comment that says "ours" marks a line the tutorial's code does not have.
 """
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from torchvision import datasets
 
 from plumbing import cli, datafiles, saving
 
-# The names of the labels 0 to 9, as torchvision's FashionMNIST gives them
-CLASSES = tuple(datasets.FashionMNIST.classes)
+CLASSES = tuple(datasets.FashionMNIST.classes)     # the names of labels 0 to 9, in their order
+# A loss per image above this means the training has blown up: an untrained network's is ln(10).
+DIVERGED_LOSS = 100.0
 
 
 # --------------------------------------------------------- "Define the Neural Network" (steps 2, 3)
@@ -96,6 +98,8 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
                 # Turn on training mode
                 model.train()
 
+            if not (seen and tested):    # ours: an empty loader has no loss per image to give
+                raise ValueError(f"train(): the {'testloader' if seen else 'trainloader'} is empty")
             # Ours: the sums divided by the number of images seen, where the tutorial divides batch
             # means by the number of batches, so its short last batch counts as much as a full one.
             train_loss = running_loss / seen
@@ -116,15 +120,12 @@ def train(model, trainloader, testloader, loss_function, optimizer, epochs, devi
             print(f"Epoch: {i + 1}/{epochs}..  Training Loss: {train_loss:.3f}..  "
                   f"{name} Loss: {test_loss:.3f}..  {name} Accuracy: {accuracy:.3f}", flush=True)
     except KeyboardInterrupt as stop:     # Ctrl-C, or SIGTERM or SIGHUP (plumbing.cli.Terminated)
-        run = Run(validated_on, train_losses, test_losses, accuracies, seconds, weights,
+        n = len(seconds)    # the epochs recorded in full: a Ctrl-C can land between two appends
+        run = Run(validated_on, train_losses[:n], test_losses[:n], accuracies[:n], seconds, weights,
                   getattr(stop, "stopped", "interrupted"))
         print(f"\n{run.stopped.capitalize()} during epoch {run.epochs + 1}.")
         return run
     return Run(validated_on, train_losses, test_losses, accuracies, seconds, weights)
-
-
-# A loss per image above this means the training has blown up: an untrained network's is ln(10).
-DIVERGED_LOSS = 100.0
 
 
 @dataclass
@@ -140,19 +141,16 @@ class Run:
     stopped: str = None     # None, "diverged", "interrupted" (Ctrl-C), "terminated", "hung up"
     test_of_best: dict = None        # with a validation split: the test set's verdict on the best
 
-    def __post_init__(self):
-        # A Ctrl-C can land between two appends: count only the epochs recorded in full.
-        n = min(map(len, (self.train_losses, self.test_losses, self.accuracies, self.seconds)))
-        del self.train_losses[n:], self.test_losses[n:], self.accuracies[n:], self.seconds[n:]
-
     @property
     def epochs(self):
         return len(self.test_losses)
 
     @property
     def best_epoch(self):
-        """The epoch of lowest validation loss, counted from 1 (0 before the first)."""
-        return self.epochs and 1 + min(range(self.epochs), key=self.test_losses.__getitem__)
+        """The epoch of lowest validation loss, counted from 1."""
+        if not self.test_losses:        # stopped during its first epoch
+            raise ValueError("this Run holds no epoch, so no epoch of lowest validation loss")
+        return 1 + self.test_losses.index(min(self.test_losses))
 
 
 def evaluate(model, images, labels, device):
@@ -200,6 +198,8 @@ def overfitting(run):
     """
     if run.epochs < 10:
         return None, None, None
+    if not torch.isfinite(torch.tensor(run.test_losses, dtype=torch.float64)).all():  # NaN: "no"
+        raise ValueError("overfitting(): the validation losses are not all finite numbers")
     losses = run.test_losses[run.epochs // 3:]                # the last two thirds
     k = len(losses)
     x = [i - (k - 1) / 2 for i in range(k)]                    # those epochs, centred on 0

@@ -211,7 +211,9 @@ def keep_weights(weights, model, epoch, earlier_losses):
     """common.train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added, for the
     checkpoints: kept besides, the epoch before and the best one before it, which a Ctrl-C landing
     before this epoch is recorded still needs. At most three epochs are held."""
-    best = 1 + min(range(len(earlier_losses)), key=earlier_losses.__getitem__, default=-1)
+    best = 0                                  # the best epoch before this one; 0: none yet
+    if earlier_losses:
+        best = 1 + earlier_losses.index(min(earlier_losses))
     weights = {e: w for e, w in weights.items() if e in (epoch - 1, best)}
     weights[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return weights
