@@ -52,9 +52,8 @@ class FashionNeuralNetwork(nn.Module):
 def train(model, trainloader, testloader, loss_function, optimizer, epochs, device,
           validated_on="test", scheduler=None):
     """The tutorial's loop: each epoch, train on trainloader, then validate on testloader (the test
-    set, as in the tutorial, or held-out training images: validated_on="validation", 05_beyond.py,
-    which may pass a learning rate scheduler, stepped after each batch). Ctrl-C or a loss that
-    blows up ends the run early."""
+    set, or held-out training images with validated_on="validation" from 05_beyond.py, which may
+    pass a scheduler too). Ctrl-C or a loss that blows up ends the run early."""
     # Initialize two empty arrays to hold the train and test loss every cycle
     train_losses, test_losses = [], []
     accuracies, seconds, weights = [], [], {}     # ours: accuracy, seconds, the weights kept
@@ -165,8 +164,7 @@ def evaluate(model, images, labels, device):
 # --------------------------------------------------------------- "Plot the graph here" (steps 2, 3)
 
 def plot_losses(runs, title):
-    """The tutorial's plot of train_losses and test_losses per epoch, for one run or two (a dict
-    name -> Run); the lowest validation loss marked."""
+    """The tutorial's plot of train_losses and test_losses, for one run or two (name -> Run)."""
     # The tutorial's plt.plot(train_losses, label='Training Loss') and plt.plot(test_losses, ...),
     # drawn on a Figure of our own, for a PNG: a script has no notebook to show pyplot's figure in.
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
@@ -294,10 +292,9 @@ def normalize(data):
 
 
 def make_loader(dataset, batch_size, shuffle):
-    """The tutorial's DataLoader over a dataset of whole tensors, shuffled or not: the same
-    samplers, so the same batches in the same order, but each batch one indexing of the whole
-    tensors, where DataLoader(dataset, batch_size=64, shuffle=True) fetches its 64 images one by
-    one (docs/speed.md)."""
+    """The tutorial's DataLoader, shuffled or not: its samplers, so its batches in its order, but
+    each batch one indexing of the dataset's whole tensors, where DataLoader(dataset, batch_size=64,
+    shuffle=True) fetches its 64 images one by one (docs/speed.md)."""
     sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
                       batch_size=None)
