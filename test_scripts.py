@@ -549,3 +549,7 @@ class LessonInferenceTests(TinyDataTestCase):
         named = [t.get_text() for t in figures["mistakes.png"].axes[0].texts]
         self.assertEqual(named, [f"{common.CLASSES[preds[i]]}\n(is {common.CLASSES[labels[i]]})"
                                  for i in wrong[:32]])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -131,18 +131,6 @@ def leftovers(folder):
     return [p.name for p in Path(folder).rglob("*.tmp")]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread until the block ends, then on as many as before: a tiny batch gains
-    nothing from a second thread, and the other core is left to the child runs beside it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def watch_networks(test):
     """Record each forward pass of any FashionNeuralNetwork until the test ends, in order: the
     network, whether it was in train mode, whether gradients were on, and its input batch."""
@@ -203,9 +191,10 @@ class TinyDataTestCase(unittest.TestCase):
         env = mock.patch.dict(os.environ, tiny_env(self.source))
         env.start()
         self.addCleanup(env.stop)
-        threads = one_thread()
-        threads.__enter__()
-        self.addCleanup(threads.__exit__, None, None, None)
+        # A tiny batch gains nothing from a second thread: the other core is left to the child
+        # runs beside the tests. Put back when the test ends.
+        self.addCleanup(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(1)
 
     def raw(self, name="train-images-idx3-ubyte"):
         """A file of the data set's raw folder under --data-dir."""
