@@ -133,7 +133,7 @@ class DataStepTests(TinyDataTestCase):
         # the test set is not shuffled
         self.assertIsInstance(testloader.sampler.sampler, SequentialSampler)
 
-    def test_the_seed_sets_the_order_of_the_batches_as_dataloaders_and_the_test_set_stays(self):
+    def test_the_seed_sets_the_order_as_in_dataloader_and_the_test_set_is_in_order(self):
         # Each image once an epoch, in a new order each epoch: LessonScriptTests, as 02 runs it.
         ids = torch.arange(N_TRAIN)
 
@@ -421,9 +421,8 @@ class OverfittingRuleTests(unittest.TestCase):
         self.assertTrue(common.overfitting(self.run_of(noisy))[0])
 
     def test_under_ten_epochs_it_does_not_judge_and_says_so(self):
-        self.assertEqual(common.overfitting(self.run_of([0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
-                                                         1]))[0],
-                         None)
+        nine = [0.5, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1]
+        self.assertEqual(common.overfitting(self.run_of(nine))[0], None)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             common.print_summary(self.run_of([0.5, 0.4, 0.45]))

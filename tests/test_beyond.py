@@ -54,11 +54,9 @@ class BeyondTheTutorialTests(TinyDataTestCase):
                  "--lr", "--seed", "--device"}
         self.assertEqual(flags(baseline), knobs)
         self.assertEqual(flags(dropout), knobs | {"--dropout"})
-        self.assertEqual(flags(beyond),
-                         knobs | {"--dropout", "--val-split", "--final-fit", "--schedule",
-                                                 "--augment", "--mixup", "--weight-decay",
-                                  "--sweep-dropout",
-                                                 "--seeds"})
+        self.assertEqual(flags(beyond), knobs | {"--dropout", "--val-split", "--final-fit",
+                                                 "--schedule", "--augment", "--mixup",
+                                                 "--weight-decay", "--sweep-dropout", "--seeds"})
 
     def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
         trainloader, _ = self.load()
@@ -247,10 +245,8 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertIsNone(sweep["chosen"])
         self.assertTrue(is_png(self.out_dir / "dropout_sweep.png"))
         self.assertIn("The sweep stopped during its run 2 of 3 (dropout 0.3, seed 0), after 1 of "
-                      "its 2 "
-                      "epochs: the 1 finished run is drawn and tabled, the stopped one left out, "
-                      "and no "
-                      "choice is made.", err)
+                      "its 2 epochs: the 1 finished run is drawn and tabled, the stopped one left "
+                      "out, and no choice is made.", err)
 
 
 class SeedsTests(TinyDataTestCase):
@@ -272,9 +268,8 @@ class SeedsTests(TinyDataTestCase):
         self.assertEqual(beyond.mean_sd([0.5]), (0.5, 0.0))
         mean, sd = beyond.mean_sd([0.30, 0.32, 0.34, 0.36])
         self.assertAlmostEqual(mean, 0.33)
-        self.assertAlmostEqual(sd,
-                               math.sqrt(sum((x - 0.33) ** 2 for x in (0.30, 0.32, 0.34,
-                                                                       0.36)) / 3))
+        squares = sum((x - 0.33) ** 2 for x in (0.30, 0.32, 0.34, 0.36))
+        self.assertAlmostEqual(sd, math.sqrt(squares / 3))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             beyond.print_spread({0.2: self.runs_with([0.30, 0.32, 0.34])}, "dropout")

@@ -282,8 +282,7 @@ class DataIdentityTests(TinyDataTestCase):
             (copy / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(tensor)))
         with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(copy)}):
             self.assert_refused(data_step, [], "are the same images",
-                                f"{N_TEST} of the {N_TEST} test images are "
-                                "training images too")
+                                f"{N_TEST} of the {N_TEST} test images are training images too")
 
     def test_the_digests_are_checked_once_and_again_when_a_file_changes(self):
         self.as_if_full_size()
@@ -323,8 +322,7 @@ class DataIdentityTests(TinyDataTestCase):
                 self.assertEqual([p for p in raw.parent.rglob("*") if p.is_dir()], [raw])
         before = sorted(self.source.rglob("*"))
         err = self.assert_refused(data_step, ["--data-dir", self.source],
-                                  f"--data-dir {self.source} holds "
-                                  "Fashion-MNIST's files itself",
+                                  f"--data-dir {self.source} holds Fashion-MNIST's files itself",
                                   f"FASHION_MNIST_DIR={self.source}")
         # no folder made inside it
         self.assertEqual(sorted(self.source.rglob("*")), before)
@@ -346,9 +344,9 @@ def render_as_photo(image, seed):
     """A 28x28 Fashion-MNIST image (uint8, light on black) drawn back as a catalogue photo: a dark
     garment on white, 8 to 14 times larger, off-centre on a larger canvas, as JPEG bytes."""
     g = torch.Generator().manual_seed(seed)
+    ranges = ((8, 15), (20, 200), (20, 200), (20, 120), (20, 120))
     scale, right, below, left, top = (torch.randint(a, b, (1,), generator=g).item()
-                                      for a, b in ((8, 15), (20, 200), (20, 200), (20, 120),
-                                                   (20, 120)))
+                                      for a, b in ranges)
     garment = Image.frombytes("L", (28, 28), (255 - image).contiguous().numpy().tobytes())
     garment = garment.resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
     photo = Image.new("RGB", (left + garment.width + right, top + garment.height + below), "white")
@@ -367,10 +365,9 @@ class RealDataTests(unittest.TestCase):
         cls.addClassCleanup(children.close)
         folder = children.folder / "real"
         folder.mkdir()
-        run = children.add(ForkedRun("02_baseline.py", ["--data-dir", folder / "data", "--out-dir",
-                                                        folder / "out", "--no-download", "--epochs",
-                                                        1],
-                                     folder, {"FASHION_MNIST_DIR": None}))
+        args = ["--data-dir", folder / "data", "--out-dir", folder / "out", "--no-download",
+                "--epochs", 1]
+        run = children.add(ForkedRun("02_baseline.py", args, folder, {"FASHION_MNIST_DIR": None}))
         children.start()
         cls.status, _, cls.err = run.wait()      # one real epoch of the baseline
         cls.out_dir = folder / "out"

@@ -217,10 +217,8 @@ class RunSetTests(TinyDataTestCase):
             status, out, err = run_main(baseline, *self.paths(), "--epochs", 2)
         self.assertEqual(status, 1, err)
         self.assertIn("(Input/output error, EIO): saved: baseline_history.json; not saved: "
-                      "baseline.pt, "
-                      f"baseline_best.pt, baseline_loss.png, so those of them in {self.out_dir} "
-                      "are an earlier "
-                      "run's (stale)", err)
+                      "baseline.pt, baseline_best.pt, baseline_loss.png, so those of them in "
+                      f"{self.out_dir} are an earlier run's (stale)", err)
         self.assertEqual(leftovers(self.out_dir), [])
 
     def test_03_never_draws_baseline_files_of_two_runs_as_one(self):
@@ -230,8 +228,7 @@ class RunSetTests(TinyDataTestCase):
         (self.out_dir / "baseline.pt").write_bytes(other)
         out = self.train_script(dropout)
         self.assertIn("confidence.png not written: baseline.pt and baseline_history.json in "
-                      f"{self.out_dir} are "
-                      "from two different runs", out)
+                      f"{self.out_dir} are from two different runs", out)
         self.assertIn("run 02_baseline.py again.", out)
         self.assertFalse((self.out_dir / "confidence.png").exists())
         # the history alone is one run
@@ -274,8 +271,7 @@ class StopWhileSavingTests(TinyDataTestCase):
                 self.assertEqual(code, status, err)
                 self.assertNotIn("error", err)
                 self.assertIn("Stopped: not saved: baseline_history.json, baseline.pt, "
-                              "baseline_best.pt, "
-                              "baseline_loss.png; those of them in", err)
+                              "baseline_best.pt, baseline_loss.png; those of them in", err)
                 self.assertEqual({p.name: p.read_bytes() for p in self.out_dir.iterdir()}, before)
 
     def test_fail_lets_a_wrapped_stop_go_on(self):
@@ -408,8 +404,8 @@ class OutputTests(TinyDataTestCase):
     def test_a_closed_stdout_ends_well(self):                     # python 02_baseline.py >&-
         with contextlib.redirect_stdout(None):
             with self.assertRaises(SystemExit) as stop:
-                cli.run_script(lambda: baseline.main([str(a) for a in self.paths()] + ["--epochs",
-                                                                                       "1"]))
+                args = [str(a) for a in self.paths()] + ["--epochs", "1"]
+                cli.run_script(lambda: baseline.main(args))
         self.assertEqual(stop.exception.code, 0)
         self.assertTrue(is_png(self.out_dir / "baseline_loss.png"))
 

@@ -294,10 +294,15 @@ class ForkedRun:
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
             for name, value in env.items():
-                os.environ.pop(name, None) if value is None else os.environ.__setitem__(name,
-                                                                                        str(value))
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = str(value)
             # Ctrl-C raises KeyboardInterrupt
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            # a SIGHUP stops it as it stops a run in a terminal, even where the suite itself
+            # runs under nohup (which leaves it ignored, and the script keeps it so)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             # leave the other core to the tests
             torch.set_num_threads(1)
             sys.argv = argv
@@ -361,9 +366,9 @@ class StrictRun:
     """
     RUNS = ["01_data.py", "02_baseline.py --epochs 1", "03_dropout.py --epochs 1",
             "04_inference.py",
-            "05_beyond.py --epochs 2 --val-split 60 --sweep-dropout 0 0.2 --final-fit --schedule "
-            "cosine "
-            "--mixup 0.2 --augment shift+flip --weight-decay 0.01", "02_baseline.py --help"]
+            "05_beyond.py --epochs 2 --val-split 60 --sweep-dropout 0 0.2 --final-fit "
+            "--schedule cosine --mixup 0.2 --augment shift+flip --weight-decay 0.01",
+            "02_baseline.py --help"]
 
     def __init__(self, folder, local_copy):
         folder.mkdir()
