@@ -156,7 +156,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
                                0.3 * F.nll_loss(log_ps, a).item()
                                + 0.7 * F.nll_loss(log_ps, b).item(), places=5)
         self.assert_refused(beyond, ["--mixup", "-0.2"], "--mixup", "at least 0")
-        self.assert_refused(beyond, ["--mixup", "1e-50"], "--mixup", "0 (off)", "at least 0.001")
+        self.assert_refused(beyond, ["--mixup", "1e-50"], "--mixup", "0 (off)", "from 0.01")
 
     def test_weight_decay_is_adamw_and_without_it_the_tutorials_adam(self):
         calls = self.spy_on_training()

@@ -261,11 +261,6 @@ class StopTests(unittest.TestCase):
         # Written to files here, so the messages are kept; to a closed terminal, they are dropped.
         self.assert_stopped_politely(signal.SIGHUP, 129, "Hung up during epoch")
 
-    def test_an_interrupt_between_two_appends_counts_only_whole_epochs(self):
-        run = common.Run("test", [0.5, 0.4, 0.3], [0.6, 0.5], [0.8, 0.9], [1.0, 1.0], {},
-                         "interrupted")
-        self.assertEqual((run.epochs, run.train_losses, len(run.accuracies)), (2, [0.5, 0.4], 2))
-
     def test_under_nohup_a_hangup_stays_ignored(self):
         previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:

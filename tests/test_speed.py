@@ -1,5 +1,6 @@
-"""Guards the speed settings, none of which may change a result: the thread count chosen by
-measuring, strict sums, denormals flushed, one batch in memory, freed memory back, huge pages."""
+"""Guards the speed settings (plumbing/speed.py), none of which may change a result or outlive a
+run in a host: the thread count chosen by measuring, strict sums, denormals flushed, huge pages,
+freed memory given back, one batch in memory."""
 import argparse
 import gc
 import itertools
@@ -12,15 +13,15 @@ from unittest import mock
 
 import torch
 from torch import nn, optim
+from torch.utils.data import TensorDataset
 
 import common
-from plumbing import memory
-from plumbing import threads as threads_module
+from plumbing import speed
 from tests.tiny import HERE, beyond
 
 
 class ThreadRuleTests(unittest.TestCase):
-    """plumbing.threads: the thread count chosen by timing the steps (docs/speed.md)."""
+    """plumbing.speed.ThreadChooser: the thread count chosen by timing the steps."""
 
     def chooser(self, threads, seconds_per_step):
         """A ThreadChooser on a fake clock: each step takes seconds_per_step(thread count)."""
@@ -29,7 +30,7 @@ class ThreadRuleTests(unittest.TestCase):
         def set_threads(n):
             used[0] = n
 
-        chooser = threads_module.ThreadChooser(threads, clock=lambda: now[0],
+        chooser = speed.ThreadChooser(threads, clock=lambda: now[0],
                                                set_threads=set_threads)
 
         def steps(n):
@@ -40,11 +41,11 @@ class ThreadRuleTests(unittest.TestCase):
         return chooser, steps
 
     def test_the_candidates_for_2_to_16_cores(self):
-        self.assertEqual([threads_module.candidates(n) for n in (1, 2, 4, 8, 16)],
+        self.assertEqual([speed.candidates(n) for n in (1, 2, 4, 8, 16)],
                          [[1], [1, 2], [1, 2, 3, 4], [1, 4, 7, 8], [1, 8, 15, 16]])
 
     def test_the_fastest_count_is_kept_and_a_slowdown_makes_it_choose_again(self):
-        window = threads_module.WINDOW
+        window = speed.WINDOW
         alone = {2: 0.0020, 1: 0.0026}                         # two threads 1.3x faster alone
         # and 3.6x slower beside a busy program
         busy = {2: 0.0100, 1: 0.0028}
@@ -56,14 +57,14 @@ class ThreadRuleTests(unittest.TestCase):
         used = steps(4 * window)
         self.assertEqual((chooser.choice, used), (1, 1))
         load[0] = alone                                        # and stops: found at the next round
-        steps(threads_module.LONGEST * window + 3 * window)
+        steps(speed.LONGEST * window + 3 * window)
         self.assertEqual(chooser.choice, 2)
 
     def test_on_one_thread_a_slowdown_starts_no_round_before_the_one_that_is_due(self):
         # Beside two busy programs one thread's share of a core wanders (its windows slow by 1.5x
         # and more), and each new round times two threads again, which collapse: on one thread,
         # only the round that is due times them.
-        window = threads_module.WINDOW
+        window = speed.WINDOW
         share = [1.0]
         times = {1: 0.006, 2: 0.150}
         chooser, steps = self.chooser(2, lambda n: times[n] * (share[0] if n == 1 else 1))
@@ -73,7 +74,7 @@ class ThreadRuleTests(unittest.TestCase):
         original = chooser._use
         chooser._use = lambda n: (timed_two.append(n) if n == 2 else None, original(n))
         share[0] = 2.0                                         # the share halves
-        steps((threads_module.KEEP - 2) * window)
+        steps((speed.KEEP - 2) * window)
         self.assertEqual(timed_two, [])                        # no new round yet
         steps(3 * window)
         self.assertEqual(timed_two, [2])                       # the round that was due
@@ -84,22 +85,22 @@ class ThreadRuleTests(unittest.TestCase):
         times = {1: 0.006, 2: 0.020}
         chooser, steps = self.chooser(2, lambda n: times[n])
         on_two = 0
-        for _ in range(2 * threads_module.WINDOW):
+        for _ in range(2 * speed.WINDOW):
             on_two += steps(1) == 2
         self.assertEqual(chooser.choice, 1)
-        self.assertEqual(on_two, threads_module.EARLY + 1)     # the first step after a change is
+        self.assertEqual(on_two, speed.EARLY + 1)     # the first step after a change is
                                                                # not timed: it starts an interval
 
     def test_on_four_cores_one_busy_it_leaves_that_core(self):
         times = {4: 0.010, 3: 0.0016, 2: 0.0020, 1: 0.0030}   # 4 threads wait for the busy core
         chooser, steps = self.chooser(4, lambda n: times[n])
-        self.assertEqual(steps(6 * threads_module.WINDOW), 3)
+        self.assertEqual(steps(6 * speed.WINDOW), 3)
 
     def test_a_pause_between_two_steps_such_as_validation_does_not_count(self):
         # Once an epoch; here once in every 45 steps, so that each window holds one or none.
         pauses = iter([1.0 if i % 45 == 44 else 0.002 for i in range(1000)])
         chooser, steps = self.chooser(2, lambda n: next(pauses) * (1 if n == 2 else 1.3))
-        steps(3 * threads_module.WINDOW)
+        steps(3 * speed.WINDOW)
         self.assertEqual(chooser.choice, 2)
 
     def test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs(self):
@@ -111,24 +112,24 @@ class ThreadRuleTests(unittest.TestCase):
             with self.subTest(pattern=pattern):
                 on_two = itertools.cycle(pattern)
                 chooser, steps = self.chooser(2, lambda n: 0.003 if n == 1 else next(on_two))
-                used = [steps(1) for _ in range(3 * threads_module.WINDOW)]
+                used = [steps(1) for _ in range(3 * speed.WINDOW)]
                 self.assertEqual(chooser.choice, 1)
-        self.assertEqual(used.count(2), threads_module.EARLY + 1)
+        self.assertEqual(used.count(2), speed.EARLY + 1)
 
     def test_a_pause_in_a_counts_first_steps_neither_ends_its_window_nor_counts(self):
         count = [0]
 
         def seconds(n):
             count[0] += 1
-            return 1.0 if count[0] == threads_module.WINDOW + 3 else 0.002 * (1 if n == 2 else 1.3)
+            return 1.0 if count[0] == speed.WINDOW + 3 else 0.002 * (1 if n == 2 else 1.3)
         chooser, steps = self.chooser(2, seconds)
         timed_after = None
-        for i in range(3 * threads_module.WINDOW):
+        for i in range(3 * speed.WINDOW):
             steps(1)
             if timed_after is None and not chooser.plan:
                 timed_after = i + 1                             # the round's last step
         self.assertEqual(chooser.choice, 2)
-        self.assertGreaterEqual(timed_after, 2 * threads_module.WINDOW)   # a whole window of two
+        self.assertGreaterEqual(timed_after, 2 * speed.WINDOW)   # a whole window of two
 
     def test_with_big_batches_a_window_ends_after_its_seconds(self):
         # A step of a batch of 30000 takes a good part of a second: 40 of them on one thread
@@ -139,38 +140,32 @@ class ThreadRuleTests(unittest.TestCase):
 
     def test_strict_sums_make_the_numbers_the_same_for_any_thread_count(self):
         # In a new interpreter: MKL reads MKL_CBWR at its first product, long past in this one.
-        code = ("import torch; from plumbing import threads; threads.strict_sums(); "
-                "print(threads.same_numbers(2))")
+        # The batches of a default run: 64, and the last ones of the training and test sets (32,
+        # 16). A batch of a few images can differ in some processes (seen at 5 on machine E):
+        # there the chooser's own check keeps the count (SameNumbersTests).
+        code = ("import torch, common; from plumbing import speed; speed.for_own_process(); "
+                "model = common.FashionNeuralNetwork(); "
+                "print(all(speed.same_numbers(model, torch.randn(n, 1, 28, 28), [2, 1]) "
+                "for n in (64, 32, 16)))")
         result = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
                                 text=True,
                                 env={k: v for k, v in os.environ.items() if k != "MKL_CBWR"},
                                 timeout=120)
         self.assertEqual(result.stdout.strip(), "True", result.stderr)
-        # Where the numbers would depend on the count, the count is left alone.
-        with mock.patch.object(threads_module, "same_numbers", return_value=False), \
-                mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}):
-            before = torch.get_num_threads()
-            torch.set_num_threads(2)
-            try:
-                with threads_module.chosen_by_measuring() as chooser:
-                    self.assertIsNone(chooser)
-            finally:
-                torch.set_num_threads(before)
 
-    def test_a_script_flushes_denormals_in_every_thread_of_torchs(self):
+    def test_in_its_own_process_a_script_flushes_denormals_in_every_thread_of_torchs(self):
         # In a new interpreter, whose threads torch has not started yet: a product of 1e-30 and
-        # 1e-9 is a denormal. Under run_script both halves of it, each computed by one of the two
-        # threads, are flushed to zero; without it, neither is (the check can fail).
-        code = ("import sys, torch; from plumbing import cli\n"
-                "def main():\n"
-                "    torch.set_num_threads(2)\n"
-                "    y = torch.full((1 << 20,), 1e-30) * 1e-9\n"
-                "    print(bool((y[: 1 << 19] == 0).all()), bool((y[1 << 19:] == 0).all()))\n"
-                "    return 0\n"
-                "cli.run_script(main) if sys.argv[1] == 'script' else main()\n")
+        # 1e-9 is a denormal. After for_own_process both halves of it, each computed by one of
+        # the two threads, are flushed to zero; without it, neither is (the check can fail).
+        code = ("import sys, torch; from plumbing import speed\n"
+                "if sys.argv[1] == 'own':\n"
+                "    speed.for_own_process()\n"
+                "torch.set_num_threads(2)\n"
+                "y = torch.full((1 << 20,), 1e-30) * 1e-9\n"
+                "print(bool((y[: 1 << 19] == 0).all()), bool((y[1 << 19:] == 0).all()))\n")
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
                                                                 "MKL_NUM_THREADS")}
-        for how, expected in (("script", "True True"), ("plain", "False False")):
+        for how, expected in (("own", "True True"), ("host", "False False")):
             result = subprocess.run([sys.executable, "-c", code, how], cwd=HERE,
                                     capture_output=True,
                                     text=True, env=env, timeout=120)
@@ -178,24 +173,32 @@ class ThreadRuleTests(unittest.TestCase):
 
     def test_a_thread_count_the_user_set_is_obeyed_and_torchs_is_restored(self):
         before = torch.get_num_threads()
+        model = nn.Linear(4, 2)
+        optimizer = optim.SGD(model.parameters(), lr=0.1)
+        cpu = torch.device("cpu")
         try:
             torch.set_num_threads(2)
             with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
-                with threads_module.chosen_by_measuring() as chooser:
+                with speed.threads_chosen(model, optimizer, cpu) as chooser:
                     self.assertIsNone(chooser)
             with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": ""}), \
-                    mock.patch.object(threads_module, "same_numbers", return_value=True):
-                with threads_module.chosen_by_measuring() as chooser:
-                    self.assertIsInstance(chooser, threads_module.ThreadChooser)
-                    model = nn.Linear(4, 2)
-                    optimizer = optim.SGD(model.parameters(), lr=0.1)
-                    for _ in range(threads_module.WINDOW + 2):     # the steps reach the chooser
+                    mock.patch.object(speed, "same_numbers", return_value=True):
+                with speed.threads_chosen(model, optimizer, cpu) as chooser:
+                    self.assertIsInstance(chooser, speed.ThreadChooser)
+                    for _ in range(speed.WINDOW + 2):     # the steps reach the chooser
+                        model(torch.ones(3, 4)).sum().backward()
                         optimizer.step()
                     self.assertIn(1, chooser.timed)                 # one thread, timed first
                     torch.set_num_threads(1)
                 self.assertEqual(torch.get_num_threads(), 2)
         finally:
             torch.set_num_threads(before)
+
+    def test_on_a_gpu_the_thread_count_is_left_alone(self):
+        model = nn.Linear(4, 2)
+        optimizer = optim.SGD(model.parameters(), lr=0.1)
+        with speed.threads_chosen(model, optimizer, torch.device("cuda")) as chooser:
+            self.assertIsNone(chooser)
 
 
 class MemoryTests(unittest.TestCase):
@@ -213,7 +216,7 @@ class MemoryTests(unittest.TestCase):
     def test_a_step_of_05_holds_one_batch_beside_the_training_set(self):
         n = 3000
         images, labels = torch.rand(n, 1, 28, 28) * 2 - 1, torch.arange(n) % 10
-        trainloader = common.make_loader(images, labels, n, shuffle=True)
+        trainloader = common.make_loader(TensorDataset(images, labels), n, shuffle=True)
         batch = images.nbytes
         before = self.live_tensor_bytes()
         args = argparse.Namespace(val_split=1, seed=0, batch_size=n)
@@ -230,9 +233,9 @@ class MemoryTests(unittest.TestCase):
             self.skipTest("glibc only")
         child = """if True:
             import ctypes, sys
-            from plumbing import memory
+            from plumbing import speed
             if sys.argv[1] == "fixed":
-                memory.give_back_freed_blocks()
+                speed.for_own_process()
             libc = ctypes.CDLL(None)
             libc.malloc.restype = ctypes.c_void_p
             libc.free.argtypes = [ctypes.c_void_p]
@@ -264,9 +267,10 @@ class MemoryTests(unittest.TestCase):
             self.skipTest("this system gives no transparent huge pages (Linux only)")
         child = """if True:
             import sys
-            if sys.argv[1] == "plumbing":
-                import plumbing                   # as every script does, before torch
             import torch
+            from plumbing import speed
+            if sys.argv[1] == "own":
+                speed.for_own_process()           # as in a script's own process, before a tensor
             x = torch.ones(2 ** 24)               # 64 MB, as the training images (188 MB)
             inside, huge = False, 0
             for line in open("/proc/self/smaps"):
@@ -279,16 +283,16 @@ class MemoryTests(unittest.TestCase):
             print(huge)
         """
         huge = {}
-        for first, setting in (("plumbing", None), ("torch", None), ("plumbing", "0")):
-            env = {k: v for k, v in os.environ.items() if k != memory.HUGE_PAGES}
+        for first, setting in (("own", None), ("host", None), ("own", "0")):
+            env = {k: v for k, v in os.environ.items() if k != speed.HUGE_PAGES}
             if setting is not None:
-                env[memory.HUGE_PAGES] = setting
+                env[speed.HUGE_PAGES] = setting
             result = subprocess.run([sys.executable, "-c", child, first], cwd=HERE, env=env,
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 0, result.stderr)
             huge[first, setting] = float(result.stdout)          # MB of the tensor in huge pages
-        self.assertGreater(huge["plumbing", None], 32, huge)
+        self.assertGreater(huge["own", None], 32, huge)
         # Where every large allocation gets them (`always`), only the first can be checked.
         if "[madvise]" in mode.read_text():                      # only on request: torch's is ours
-            self.assertEqual(huge["torch", None], 0, huge)
-            self.assertEqual(huge["plumbing", "0"], 0, huge)
+            self.assertEqual(huge["host", None], 0, huge)
+            self.assertEqual(huge["own", "0"], 0, huge)
