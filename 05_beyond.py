@@ -136,7 +136,8 @@ def parse_args(argv):
                              "standard deviation")
     parser.add_argument("--sweep-dropout", type=cli.probability, nargs="+", metavar="P",
                         help="with --val-split: one run per dropout value, the other settings as "
-                             "given; choose p and epoch by the lowest validation loss")
+                             "given; choose the smallest p whose lowest validation loss is within "
+                             "twice the paired standard error of the lowest, at its lowest epoch")
     args = parser.parse_args(argv)
     for flag in ("final_fit", "sweep_dropout"):
         if getattr(args, flag) and not args.val_split:
