@@ -30,7 +30,6 @@ except ImportError:
 
 from plumbing.errors import BadFile, WriteError, fail, interrupt_in
 
-CLASSES = list(datasets.FashionMNIST.classes)     # the names a checkpoint of ours holds
 # No history of these scripts holds a loss per image this large (an untrained network's is 2.3).
 LARGEST_LOSS = 1000.0
 
@@ -79,6 +78,8 @@ def write_set(writers):
     file as it was; a WriteError or a KeyboardInterrupt says so in its .outcome, or names the
     files of the set that are not this run's."""
     paths = [Path(path) for path in writers]
+    if not paths:
+        return
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
             "from an earlier run" if len(paths) > 1 else "the file was left as it was")
@@ -311,7 +312,7 @@ def save_checkpoint(path, state_dict, dropout, metrics):
 def checkpoint(state_dict, dropout, metrics):
     """A dict that rebuilds the network alone: weights, dropout, class names, epoch and metrics."""
     return {"state_dict": state_dict, "dropout": dropout,
-            "classes": CLASSES, "epoch": metrics["epoch"],
+            "classes": list(datasets.FashionMNIST.classes), "epoch": metrics["epoch"],
             "metrics": metrics}
 
 
@@ -362,10 +363,11 @@ def read_checkpoint(path, network, device):
     elif found is not None:
         checkpoint = dict(checkpoint, state_dict=found[0])
     checkpoint["wrapper"] = found and found[1]            # torch.compile or DataParallel, or None
-    classes = checkpoint.get("classes", CLASSES)
-    if classes != CLASSES:
+    ours_classes = list(datasets.FashionMNIST.classes)
+    classes = checkpoint.get("classes", ours_classes)
+    if classes != ours_classes:
         raise BadFile(f"{path} holds a network for other classes ({_some(classes)}), not "
-                      f"Fashion-MNIST's ({_some(CLASSES)}): {another}.")
+                      f"Fashion-MNIST's ({_some(ours_classes)}): {another}.")
     redo = ("train again to write a fresh one, or pass another --checkpoint" if ours
             else f"save the network's state_dict again, or {another}")
     dropout, epoch, state = checkpoint["dropout"], checkpoint["epoch"], checkpoint["state_dict"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 import torch.nn.functional as F
 from torch import nn, optim
 
@@ -17,7 +18,7 @@ import common
 from common import FashionNeuralNetwork
 from plumbing import saving
 from tests.tiny import (N_TEST, N_TRAIN, TinyDataTestCase, baseline, beyond, dropout, is_png,
-                        run_main)
+                        run_main, tiny_loader)
 
 
 class BeyondTheTutorialTests(TinyDataTestCase):
@@ -347,3 +348,137 @@ class SeedsTests(TinyDataTestCase):
         curves, summary = fig.axes[:2]
         self.assertEqual(len(curves.collections), 2)                    # a band around each curve
         self.assertTrue(any(type(c).__name__ == "ErrorbarContainer" for c in summary.containers))
+
+
+def stop_at_step(test, n):
+    """A Ctrl-C at the n-th optimizer step from now, where train() meets it (in-process)."""
+    steps = []
+
+    def hook(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == n:
+            raise KeyboardInterrupt
+
+    test.addCleanup(register_optimizer_step_pre_hook(hook).remove)
+
+
+def diverge_after_first_epoch(test):
+    """Every run's weights NaN after its first epoch, so that its second diverges."""
+    real_keep = saving.keep_weights
+
+    def poisoned(weights, model, epoch, *rest):
+        weights = real_keep(weights, model, epoch, *rest)
+        if epoch == 1:
+            with torch.no_grad():
+                model.layer_input.weight.fill_(float("nan"))
+        return weights
+
+    patch = mock.patch.object(saving, "keep_weights", poisoned)
+    patch.start()
+    test.addCleanup(patch.stop)
+
+
+# --val-split 60 leaves 270 training images: 5 steps an epoch at the batch size of 64.
+STEPS = 5
+
+
+SWEEP = ["--epochs", 2, "--val-split", 60, "--sweep-dropout", 0.1, 0.3]
+
+
+class DerivedValueTests(TinyDataTestCase):
+    """A flag valid alone, refused in one sentence where what it makes is not, before any file."""
+
+    def test_seeds_that_run_past_torchs_last_seed_are_refused_before_any_file(self):
+        last = 2 ** 64 - 1
+        err = self.assert_refused(beyond, ["--seed", last - 1, "--seeds", 3], "argument --seeds",
+                                  f"end at {last + 1}", "use --seeds 2 or fewer")
+        self.assertEqual(err.count("error:"), 1)
+        self.assertFalse(self.out_dir.exists())
+        self.assertEqual(beyond.parse_args(["--seed", str(last - 1), "--seeds", "2"]).seeds, 2)
+
+    def test_mixup_alphas_whose_beta_draws_underflow_or_overflow_are_refused(self):
+        refused = (("0.005", "too small"), ("1e-50", "too small"), ("1e39", "too large"))
+        for alpha, phrase in refused:
+            with self.subTest(alpha):
+                self.assert_refused(beyond, ["--mixup", alpha], "argument --mixup", phrase,
+                                    "use 0 (off) or a number from 0.01 to 3.4e+38")
+        self.assertFalse(self.out_dir.exists())
+        for alpha in ("0.01", "3e38"):
+            self.assertEqual(beyond.parse_args(["--mixup", alpha]).mixup, float(alpha))
+
+    def test_the_smallest_mixup_alpha_is_where_torchs_beta_draws_stop_underflowing(self):
+        def draws(alpha):
+            torch.manual_seed(0)
+            beta = beyond.Mixup(tiny_loader(), alpha).beta        # the Beta that Mixup draws from
+            return beta.sample((200000,)).double()
+        at_the_edge = draws(beyond.MIXUP_LOWEST)
+        self.assertEqual((at_the_edge == 0.5).sum().item(), 0)     # no 0 / 0 left
+        mixing = (torch.minimum(at_the_edge, 1 - at_the_edge) >= 1e-3).double().mean().item()
+        self.assertAlmostEqual(mixing, 1 - 1e-3 ** beyond.MIXUP_LOWEST, delta=0.003)   # Beta's
+        self.assertGreater((draws(beyond.MIXUP_LOWEST / 2) == 0.5).sum().item(), 50)  # underflows
+
+
+class StoppedSeriesTests(TinyDataTestCase):
+    """One rule for a sweep and --seeds: the stopped run told as a single run, left out of the
+    table, its completed epochs kept and marked; earlier files named."""
+
+    def test_a_sweep_stopped_in_its_first_run_keeps_its_epochs_and_says_so(self):
+        stop_at_step(self, STEPS + 2)                   # run 1, epoch 2
+        status, out, err = run_main(beyond, *self.paths(), *SWEEP)
+        self.assertEqual(status, 130, err)
+        table = json.loads((self.out_dir / "dropout_sweep.json").read_text())
+        self.assertEqual((table["runs"], table["chosen"]), ({}, None))
+        self.assertEqual((table["stopped"]["dropout"], table["stopped"]["seed"],
+                          table["stopped"]["how"], len(table["stopped"]["test_losses"])),
+                         (0.1, 0, "interrupted", 1))
+        self.assertFalse((self.out_dir / "dropout_sweep.png").exists())
+        self.assertIn("The sweep stopped during its run 1 of 2 (dropout 0.1, seed 0), after 1 of "
+                      "its 2 epochs: no run finished, so nothing is tabled, and no choice is made. "
+                      "Its 1 completed epoch is kept in dropout_sweep.json, marked stopped.", err)
+        self.assertIn("Kept the 1 completed epoch;", err)          # as the single run says it
+
+    def test_a_stopped_sweep_names_the_earlier_files_it_did_not_rewrite(self):
+        self.out_dir.mkdir()
+        for name in ("dropout_sweep.png", "beyond_final.pt"):
+            (self.out_dir / name).write_bytes(b"an earlier run's")
+        stop_at_step(self, STEPS + 2)
+        status, out, err = run_main(beyond, *self.paths(), *SWEEP, "--final-fit")
+        self.assertEqual(status, 130, err)
+        self.assertIn(f"The dropout_sweep.png in {self.out_dir} is an earlier run's.", out)
+        self.assertIn("No final fit: the sweep did not end; the beyond_final.pt in "
+                      f"{self.out_dir} is an earlier run's.", err)
+
+    def test_a_diverged_run_of_a_sweep_gets_the_single_runs_sentence(self):
+        diverge_after_first_epoch(self)
+        status, _, alone = run_main(beyond, *self.paths(), "--epochs", 2, "--val-split", 60,
+                                    "--dropout", 0.1, "--out-dir", self.out_dir / "alone")
+        self.assertEqual(status, 1, alone)
+        sentence, = [line for line in alone.splitlines() if line.startswith("error:")]
+        self.assertIn("the training diverged at epoch 2 (a loss above 100 or not a number)",
+                      sentence)
+        status, out, err = run_main(beyond, *self.paths(), *SWEEP)
+        self.assertEqual(status, 1, err)
+        self.assertIn(sentence, err.splitlines())
+
+    def test_seeds_leave_a_stopped_run_out_of_the_table_and_mark_it_in_their_file(self):
+        stop_at_step(self, 2 * STEPS + STEPS + 2)       # seed 1's run, epoch 2
+        status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, "--val-split", 60,
+                                    "--seeds", 2)
+        self.assertEqual(status, 130, err)
+        row = out.split("overfitting")[1].splitlines()[1]
+        self.assertRegex(row, r"^\s+0\.2\s+1 ")                     # one seed tabled: seed 0
+        table = json.loads((self.out_dir / "beyond_seeds.json").read_text())
+        self.assertEqual(({k: v.get("stopped") for k, v in table.items()}),
+                         {"0": None, "1": "interrupted"})
+        self.assertEqual(len(table["1"]["test_losses"]), 1)
+        self.assertIn("The series of seeds stopped during its run 2 of 2 (seed 1), after 1 of "
+                      "its 2 epochs: the 1 finished run is tabled, the stopped one left out. Its 1 "
+                      "completed epoch is kept in beyond_seeds.json, marked stopped.", err)
+
+    def test_seeds_stopped_in_the_first_epoch_end_in_the_stop_not_a_traceback(self):
+        stop_at_step(self, 1)
+        status, out, err = run_main(beyond, *self.paths(), "--epochs", 2, "--val-split", 60,
+                                    "--seeds", 2)
+        self.assertEqual(status, 130, err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn("after 0 of its 2 epochs: no run finished, so nothing is tabled.", err)

@@ -1,11 +1,15 @@
 """Guards the command line: each flag's range, a learner's mistakes and odd numbers told in one
 sentence, a blow-up's advice, stops by a real signal, every script under a strict interpreter."""
 import errno
+import io
 import json
 import os
 import re
 import signal
 import struct
+import subprocess
+import sys
+import tempfile
 import unittest
 from pathlib import Path
 from unittest import mock
@@ -16,7 +20,7 @@ from PIL import Image
 import common
 from common import FashionNeuralNetwork
 from plumbing import datafiles, saving
-from tests.tiny import (N_TEST, N_TRAIN, ChildRuns, ForkedRun, StrictRun, TinyDataTestCase,
+from tests.tiny import (HERE, N_TEST, N_TRAIN, ChildRuns, ForkedRun, StrictRun, TinyDataTestCase,
                         baseline, beyond, data_step, dropout, inference, is_png, leftovers,
                         run_main)
 
@@ -287,3 +291,75 @@ class StrictInterpreterTests(unittest.TestCase):
             self.assertIn(f"{run.split()[0]} {' '.join(run.split()[1:])} -> 0", output)
         # --help, without the docstring
         self.assertIn("--epochs EPOCHS", output)
+
+
+
+def script_says(script, *args, env=None, code=None):
+    """`python SCRIPT ARGS`, or `code` as its host, in a new interpreter: (status, stderr)."""
+    command = [sys.executable, "-c", code, script] if code else [sys.executable, script]
+    result = subprocess.run([*command, *args], cwd=HERE, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **(env or {})})
+    return result.returncode, result.stderr
+
+
+class BeforeTheRunnerTests(unittest.TestCase):
+    """What stops the libraries from loading is said in one sentence, even for --help."""
+
+    def assert_one_sentence(self, status, err, *phrases):
+        self.assertEqual(status, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        for phrase in phrases:
+            self.assertIn(phrase, err)
+
+    def test_a_python_without_torch(self):
+        code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+        self.assert_one_sentence(*script_says("02_baseline.py", "--help", code=code),
+                                 "has no torch", "pip install -r requirements.txt")
+
+    def test_torchs_libraries_that_cannot_be_loaded(self):
+        with tempfile.TemporaryDirectory() as fake:          # a torch whose libraries fail to map
+            (Path(fake) / "torch").mkdir()
+            (Path(fake) / "torch" / "__init__.py").write_text(
+                "raise OSError('libtorch_cpu.so: failed to map segment from shared object')\n")
+            self.assert_one_sentence(*script_says("01_data.py", "--help",
+                                                  env={"PYTHONPATH": fake}),
+                                     "could not be loaded", "ulimit -v")
+
+    def test_a_thread_count_that_is_not_a_number(self):
+        self.assert_one_sentence(*script_says("04_inference.py", "--help",
+                                              env={"OMP_NUM_THREADS": "two"}),
+                                 "OMP_NUM_THREADS is 'two'")
+
+    def test_a_working_folder_that_was_deleted(self):
+        code = ("import os, runpy, sys, tempfile; d = tempfile.mkdtemp(); os.chdir(d); "
+                f"os.rmdir(d); sys.argv = sys.argv[1:]; sys.path[0] = {str(HERE)!r}; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+        self.assert_one_sentence(*script_says(str(HERE / "01_data.py"), "--help", code=code),
+                                 "no longer exists")
+
+    def test_a_huge_pages_value_that_torch_would_only_warn_about(self):
+        self.assert_one_sentence(*script_says("01_data.py", "--help",
+                                              env={"THP_MEM_ALLOC_ENABLE": "yes"}),
+                                 "THP_MEM_ALLOC_ENABLE is 'yes'", "set it to 0")
+
+
+class OutOfMemoryTests(unittest.TestCase):
+    def test_an_allocation_that_fails_says_how_much_and_what_to_change(self):
+        from plumbing import cli
+        cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                           "allocate 100663296 bytes. Error code 12")
+        for error, size in ((cpu, " (it asked for 96 MB)"), (MemoryError(), "")):
+            with self.subTest(error=type(error).__name__), self.assertRaises(SystemExit) as stop, \
+                    mock.patch("sys.stderr", new_callable=io.StringIO) as err:
+                cli.run_script(lambda: (_ for _ in ()).throw(error))
+            self.assertEqual(stop.exception.code, 1)
+            self.assertEqual(err.getvalue(), f"error: out of memory{size}: pass a smaller "
+                             "--batch-size, close other programs, or use a machine with more "
+                             "memory.\n")
+
+    def test_another_runtime_error_keeps_its_traceback(self):
+        from plumbing import cli
+        with self.assertRaises(RuntimeError):
+            cli.run_script(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")))

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import unittest
 from unittest import mock
 
@@ -24,7 +25,7 @@ import common
 from common import FashionNeuralNetwork
 from plumbing import cli, datafiles
 from tests.tiny import (HERE, N_TEST, ChildRuns, NotebookLaunch, TinyDataTestCase, baseline,
-                        data_step, inference, is_png, run_main)
+                        data_step, inference, is_png, run_main, tiny_loader, train_tiny)
 
 
 class Tutorial:
@@ -314,3 +315,44 @@ class CountedImagesTests(unittest.TestCase):
         self.assertAlmostEqual(train_loss, loss[:256].mean().item(), places=5)
         self.assertAlmostEqual(test_loss, loss[:256].mean().item(), places=5)
         self.assertAlmostEqual(accuracy, right[:256].float().mean().item(), places=6)
+
+
+class NotebookEdgeTests(unittest.TestCase):
+    """The lesson's functions given what a notebook can give them: a clear ValueError, or sense."""
+
+    def test_plot_losses_of_a_run_without_epochs_is_a_value_error_that_says_so(self):
+        with self.assertRaisesRegex(ValueError, "no epoch"):
+            common.plot_losses({"stopped at once": common.Run()}, "title")
+
+    def test_train_on_an_empty_trainloader_is_a_value_error_naming_it(self):
+        with self.assertRaisesRegex(ValueError, "trainloader is empty"):
+            train_tiny([], tiny_loader())
+
+    def test_train_on_an_empty_testloader_is_a_value_error_naming_it(self):
+        with self.assertRaisesRegex(ValueError, "testloader is empty"):
+            train_tiny(tiny_loader(), [])
+
+    def test_overfitting_on_non_finite_losses_is_a_value_error_not_a_verdict(self):
+        for bad in (math.nan, math.inf):
+            losses = [0.5 - 0.01 * e for e in range(12)]
+            losses[7] = bad
+            run = common.Run("test", [0.3] * 12, losses, [0.8] * 12, [1.0] * 12)
+            with self.subTest(bad), self.assertRaisesRegex(ValueError, "not all finite"):
+                common.overfitting(run)
+
+    def test_a_stop_between_two_appends_of_train_counts_only_whole_epochs(self):
+        # The clock is read at each epoch's start and for its seconds, the last of the four
+        # appends: a Ctrl-C at the second epoch's end lands after its losses, before its seconds.
+        calls = []
+
+        def clock():
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return float(len(calls))
+
+        with mock.patch.object(common, "time", types.SimpleNamespace(perf_counter=clock)):
+            run = train_tiny(tiny_loader(), tiny_loader(), epochs=3)
+        self.assertEqual(run.stopped, "interrupted")
+        lengths = {len(x) for x in (run.train_losses, run.test_losses, run.accuracies, run.seconds)}
+        self.assertEqual((run.epochs, lengths), (1, {1}))

@@ -10,11 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import unittest
 import zipfile
 from pathlib import Path
 from unittest import mock
 
 import torch
+from PIL import Image
 
 import common
 from common import FashionNeuralNetwork
@@ -189,7 +194,7 @@ class RunSetTests(TinyDataTestCase):
             if str(target).endswith("_history.json"):
                 signal.raise_signal(signal.SIGINT)          # a real Ctrl-C, after the first rename
 
-        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir()}
+        before = {p.name: p.read_bytes() for p in self.out_dir.iterdir() if p.name != saving.LOCK}
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)     # as in a terminal
         self.addCleanup(signal.signal, signal.SIGINT, previous)
         with mock.patch.object(saving.os, "replace", replace_then_ctrl_c):
@@ -244,15 +249,11 @@ class RunSetTests(TinyDataTestCase):
         self.assertFalse((self.out_dir / "confusion_matrix.png").exists())
 
     def test_temporary_names_do_not_collide_between_hosts_or_containers_with_the_same_pid(self):
-        self.out_dir.mkdir()
         path = self.out_dir / "shared.json"
         with mock.patch.object(os, "getpid", return_value=1):        # PID 1 in two containers
-            with saving.atomic_write(path) as first:
-                with saving.atomic_write(path) as second:
-                    second.write(b"second")
-                first.write(b"first")
-        self.assertEqual(path.read_bytes(), b"first")
-        self.assertEqual(leftovers(self.out_dir), [])
+            names = {saving.temporary_name(path) for _ in range(100)}
+        self.assertEqual(len(names), 100)
+        self.assertTrue(all(saving.TEMPORARY.fullmatch(name.name) for name in names))
 
 
 class StopWhileSavingTests(TinyDataTestCase):
@@ -435,3 +436,95 @@ class OutputTests(TinyDataTestCase):
         self.assertNotIn("Traceback", err)
         self.assertIn("the output could not be written (No space left on device)", err)
         self.assertEqual(err.count("\n"), 1, err)
+
+
+class EarlierInferencePictureTests(TinyDataTestCase):
+    def test_04_names_the_one_image_picture_of_an_earlier_run_either_way(self):
+        self.use_trained_dropout()
+        photo = self.tmp / "photo.png"
+        Image.new("L", (40, 40), 0).save(photo)
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertNotIn("earlier run's", out)
+        status, out, err = run_main(inference, *self.paths(), "--image", photo)
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"The inference.png in {self.out_dir} is an earlier run's.", out)
+        status, out, err = run_main(inference, *self.paths())
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"The inference_image.png in {self.out_dir} is an earlier run's.", out)
+
+
+class OutputFolderTests(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = Path(tmp.name)
+
+    def test_a_dangling_link_or_a_loop_is_named_as_a_link(self):
+        (self.tmp / "dangling").symlink_to(self.tmp / "nowhere")
+        (self.tmp / "a").symlink_to(self.tmp / "b")
+        (self.tmp / "b").symlink_to(self.tmp / "a")
+        for name in ("dangling", "a"):
+            with self.subTest(name), mock.patch("sys.stderr"), \
+                    self.assertRaises(SystemExit):
+                with mock.patch("builtins.print") as said:
+                    saving.prepare_out_dir(self.tmp / name)
+            self.assertIn("is a link to", said.call_args[0][0])
+            self.assertNotIn("is a file", said.call_args[0][0])
+
+    def test_two_runs_saving_into_one_folder_leave_one_runs_set(self):
+        real_replace, first = os.replace, threading.Event()
+
+        def slow_replace(src, dst):              # run A pauses between its two renames
+            real_replace(src, dst)
+            if threading.current_thread().name == "A" and not first.is_set():
+                first.set()
+                time.sleep(0.5)
+
+        def save(name):
+            saving.write_set({self.tmp / "history.json": lambda f: f.write(name.encode()),
+                              self.tmp / "model.pt": lambda f: f.write(name.encode())})
+        with mock.patch.object(os, "replace", slow_replace):
+            a = threading.Thread(target=save, args=("A",), name="A")
+            a.start()
+            first.wait(5)
+            b = threading.Thread(target=save, args=("B",), name="B")
+            b.start()
+            a.join(10), b.join(10)
+        contents = {(self.tmp / n).read_text() for n in ("history.json", "model.pt")}
+        self.assertEqual(len(contents), 1, contents)
+
+    def test_a_killed_writers_temporary_files_are_removed_by_the_next_save(self):
+        stale = saving.temporary_name(self.tmp / "baseline.pt")     # as a kill -9 leaves one
+        stale.write_bytes(b"half")
+        mine = self.tmp / "notes.tmp"                                # not a name of ours
+        mine.write_text("keep")
+        saving.write_json(self.tmp / "history.json", {"a": 1})
+        self.assertFalse(stale.exists())
+        self.assertTrue(mine.exists())
+
+
+class CheckpointWrapperTests(unittest.TestCase):
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = Path(tmp.name)
+        from common import FashionNeuralNetwork
+        self.network = FashionNeuralNetwork
+        self.weights = FashionNeuralNetwork().state_dict()
+
+    def test_torch_compile_and_dataparallel_prefixes_are_the_same_network(self):
+        for prefix, wrapper in (("_orig_mod.", "torch.compile"), ("module.", "DataParallel")):
+            path = self.tmp / f"{wrapper}.pth"
+            torch.save({prefix + k: v for k, v in self.weights.items()}, path)
+            model, checkpoint = saving.read_checkpoint(path, self.network, torch.device("cpu"))
+            self.assertEqual(checkpoint["wrapper"], wrapper)
+            for k, v in model.state_dict().items():
+                self.assertTrue(torch.equal(v, self.weights[k]), k)
+
+    def test_a_checkpoint_of_other_classes_is_refused(self):
+        checkpoint = saving.checkpoint(self.weights, 0.2, {"epoch": 1})
+        checkpoint["classes"] = [str(digit) for digit in range(10)]
+        torch.save(checkpoint, self.tmp / "digits.pt")
+        with self.assertRaisesRegex(saving.BadFile, "other classes"):
+            saving.read_checkpoint(self.tmp / "digits.pt", self.network, torch.device("cpu"))

@@ -23,6 +23,8 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from torch import nn, optim
+from torch.utils.data import TensorDataset
 
 import common
 from common import FashionNeuralNetwork
@@ -167,6 +169,24 @@ def keep_figures(test, write=False):
         patch.start()
         test.addCleanup(patch.stop)
     return figures
+
+
+def quietly(function, *args, **kwargs):
+    """function(*args, **kwargs) with its printing kept from the test's output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args, **kwargs)
+
+
+def tiny_loader(n=8, batch_size=4):
+    images, labels = torch.randn(n, 1, 28, 28), torch.arange(n) % 10
+    return common.make_loader(TensorDataset(images, labels), batch_size, shuffle=False)
+
+
+def train_tiny(trainloader, testloader, epochs=1):
+    model = common.FashionNeuralNetwork()
+    optimizer = optim.Adam(model.parameters(), lr=0.003)
+    return quietly(common.train, model, trainloader, testloader, nn.NLLLoss(), optimizer, epochs,
+                   torch.device("cpu"))
 
 
 class TinyDataTestCase(unittest.TestCase):
