@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn, optim
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.utils.data import SequentialSampler
+from torch.utils.data import SequentialSampler, TensorDataset
 from torchvision import datasets, transforms
 
 import common
@@ -141,7 +141,7 @@ class DataStepTests(TinyDataTestCase):
             torch.manual_seed(seed)
             return [batch for batch, _ in loader]
 
-        trainloader = common.make_loader(ids, ids, 64, shuffle=True)
+        trainloader = common.make_loader(TensorDataset(ids, ids), 64, shuffle=True)
         first = first_epoch(trainloader, 0)
         self.assertTrue(all(map(torch.equal, first_epoch(trainloader, 0), first)))  # the same seed
         self.assertFalse(torch.equal(torch.cat(first_epoch(trainloader, 1)), torch.cat(first)))
@@ -149,7 +149,7 @@ class DataStepTests(TinyDataTestCase):
         reference = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, ids),
                                                 batch_size=64, shuffle=True)
         self.assertTrue(all(map(torch.equal, first_epoch(reference, 0), first)))
-        testloader = common.make_loader(ids, ids, 64, shuffle=False)
+        testloader = common.make_loader(TensorDataset(ids, ids), 64, shuffle=False)
         self.assertTrue(torch.equal(torch.cat(first_epoch(testloader, 0)), ids))
 
 
@@ -186,9 +186,11 @@ class LessonLoopTests(unittest.TestCase):
     def test_a_dropout_network_trains_in_train_mode_and_validates_in_eval_mode_every_epoch(self):
         torch.manual_seed(0)
         model = FashionNeuralNetwork(dropout=0.5)
-        trainloader = common.make_loader(torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,)),
+        trainloader = common.make_loader(TensorDataset(torch.rand(40, 1, 28, 28),
+                                                       torch.randint(0, 10, (40,))),
                                          8, shuffle=True)                  # 5 batches of 8
-        testloader = common.make_loader(torch.rand(15, 1, 28, 28), torch.randint(0, 10, (15,)),
+        testloader = common.make_loader(TensorDataset(torch.rand(15, 1, 28, 28),
+                                                      torch.randint(0, 10, (15,))),
                                         5, shuffle=False)                  # 3 batches of 5
         passes = []             # each: [step, train mode, gradients on, dropout zeroed something]
 
@@ -213,7 +215,7 @@ class LessonLoopTests(unittest.TestCase):
     def test_each_batch_is_one_step_down_its_own_gradient_then_the_epoch_is_validated(self):
         torch.manual_seed(0)
         images, labels = torch.rand(20, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (20,))
-        loader = common.make_loader(images, labels, 8, shuffle=False)     # batches of 8, 8 and 4
+        loader = common.make_loader(TensorDataset(images, labels), 8, shuffle=False)     # batches of 8, 8 and 4
         model, by_hand = FashionNeuralNetwork(), FashionNeuralNetwork()
         by_hand.load_state_dict(model.state_dict())
         with contextlib.redirect_stdout(io.StringIO()):
@@ -240,7 +242,8 @@ class LessonLoopTests(unittest.TestCase):
         torch.manual_seed(0)
         images, labels = torch.rand(70, 1, 28, 28), torch.randint(0, 10, (70,))
         # batches of 64 and 6
-        loader = common.make_loader(images, labels, batch_size=64, shuffle=False)
+        loader = common.make_loader(TensorDataset(images, labels), batch_size=64,
+                                    shuffle=False)
         model = common.FashionNeuralNetwork()
         with torch.no_grad():
             log_ps = model(images)

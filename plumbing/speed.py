@@ -163,16 +163,17 @@ def same_numbers(model, images, counts):
     take, gives the same floats on each of `counts` threads: the products of every shape the
     network multiplies at that batch size. Draws no random number of the run's."""
     threads = torch.get_num_threads()
-    copied = copy.deepcopy(model).eval()                  # eval: dropout draws no random numbers
+    copied = copy.deepcopy(model).train(False)            # dropout off, whatever eval() does
     results = []
     try:
-        for n in counts:
-            torch.set_num_threads(n)
-            copied.zero_grad()
-            with torch.enable_grad():                     # also during validation, under no_grad
-                out = copied(images.detach())
-                out.sum().backward()
-            results.append([out.detach()] + [p.grad.clone() for p in copied.parameters()])
+        with torch.random.fork_rng(devices=[]):           # and the run's generator as it was
+            for n in counts:
+                torch.set_num_threads(n)
+                copied.zero_grad()
+                with torch.enable_grad():                 # also during validation, under no_grad
+                    out = copied(images.detach())
+                    out.sum().backward()
+                results.append([out.detach()] + [p.grad.clone() for p in copied.parameters()])
     finally:
         torch.set_num_threads(threads)
     return all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))

@@ -10,9 +10,10 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 import torch.nn.functional as F
 from torch import nn, optim
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.data import TensorDataset
 
 import common
 from common import FashionNeuralNetwork
@@ -61,18 +62,18 @@ class BeyondTheTutorialTests(TinyDataTestCase):
 
     def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
         trainloader, _ = self.load()
-        images = trainloader.dataset.tensors[0]
+        images = trainloader.dataset[:][0]
         key = lambda t: {tuple(x.flatten().tolist()[:200]) for x in t}
         splits = [beyond.hold_out(trainloader, argparse.Namespace(val_split=50, batch_size=64),
                                   seed)
                   for seed in (3, 3, 4)]
         (train_a, val_a), (train_b, val_b), (_, val_c) = splits
         self.assertEqual((len(train_a.dataset), len(val_a.dataset)), (N_TRAIN - 50, 50))
-        self.assertFalse(key(train_a.dataset.tensors[0]) & key(val_a.dataset.tensors[0]))
-        self.assertEqual(key(train_a.dataset.tensors[0]) | key(val_a.dataset.tensors[0]),
+        self.assertFalse(key(train_a.dataset[:][0]) & key(val_a.dataset[:][0]))
+        self.assertEqual(key(train_a.dataset[:][0]) | key(val_a.dataset[:][0]),
                          key(images))
-        self.assertTrue(torch.equal(val_a.dataset.tensors[0], val_b.dataset.tensors[0]))
-        self.assertFalse(torch.equal(val_a.dataset.tensors[0], val_c.dataset.tensors[0]))
+        self.assertTrue(torch.equal(val_a.dataset[:][0], val_b.dataset[:][0]))
+        self.assertFalse(torch.equal(val_a.dataset[:][0], val_c.dataset[:][0]))
 
     def test_with_a_val_split_the_test_set_is_evaluated_once(self):
         _, testloader = self.load()
@@ -80,7 +81,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         out = self.train_script(beyond, "--epochs", 3, "--val-split", 60)
         (_, trainloader, valloader, *_), (_, once) = calls
         self.assertEqual((len(trainloader.dataset), len(valloader.dataset)), (N_TRAIN - 60, 60))
-        self.assertTrue(torch.equal(once, testloader.dataset.tensors[0]))
+        self.assertTrue(torch.equal(once, testloader.dataset[:][0]))
         self.assertIn("Validation Loss", out)
         history = json.loads((self.out_dir / "beyond_history.json").read_text())
         self.assertEqual(history["validated_on"], "validation")
@@ -99,7 +100,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
     def test_augmentation_shifts_and_mirrors_whole_batches_and_keeps_labels(self):
         images = torch.rand(8, 1, 28, 28) * 2 - 1
         labels = torch.arange(8)
-        loader = beyond.Augmented(common.make_loader(images, labels, 8, shuffle=False), shift=2,
+        loader = beyond.Augmented(common.make_loader(TensorDataset(images, labels), 8, shuffle=False), shift=2,
                                   flip=True)
         torch.manual_seed(0)
         (augmented, same_labels), = list(loader)
@@ -116,7 +117,7 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         # distinct within each batch of 8
         labels = torch.arange(16) % 10
         one_hot = F.one_hot(labels, 10).float()
-        loader = beyond.Mixup(common.make_loader(images, labels, 8, shuffle=False), alpha=0.2)
+        loader = beyond.Mixup(common.make_loader(TensorDataset(images, labels), 8, shuffle=False), alpha=0.2)
         torch.manual_seed(0)
         lams = []
         for (mixed, targets), start in zip(loader, (0, 8)):

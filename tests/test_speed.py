@@ -429,6 +429,17 @@ class SameNumbersTests(unittest.TestCase):
         finally:
             torch.set_num_threads(before)
 
+    def test_the_check_draws_no_random_number_of_the_run(self):
+        from common import FashionNeuralNetwork
+
+        class ForgetsEval(FashionNeuralNetwork):      # as 05_beyond.py --no-eval's network
+            def eval(self):
+                return self
+        model, images = ForgetsEval(dropout=0.5), torch.randn(4, 1, 28, 28)
+        state = torch.get_rng_state()
+        speed.same_numbers(model, images, [1, 2])
+        self.assertTrue(torch.equal(torch.get_rng_state(), state))
+
     def test_the_check_compares_forward_and_backward_on_every_count(self):
         from common import FashionNeuralNetwork
         model = FashionNeuralNetwork()
