@@ -163,17 +163,18 @@ def same_numbers(model, images, counts):
     take, gives the same floats on each of `counts` threads: the products of every shape the
     network multiplies at that batch size. Draws no random number of the run's."""
     threads = torch.get_num_threads()
-    copied = copy.deepcopy(model).train(False)            # dropout off, whatever eval() does
+    # Dropout off, so that no random number is drawn, also where a model's eval() does nothing
+    # (05_beyond.py --no-eval): train(False) is what eval() calls.
+    copied = copy.deepcopy(model).train(False)
     results = []
     try:
-        with torch.random.fork_rng(devices=[]):           # and the run's generator as it was
-            for n in counts:
-                torch.set_num_threads(n)
-                copied.zero_grad()
-                with torch.enable_grad():                 # also during validation, under no_grad
-                    out = copied(images.detach())
-                    out.sum().backward()
-                results.append([out.detach()] + [p.grad.clone() for p in copied.parameters()])
+        for n in counts:
+            torch.set_num_threads(n)
+            copied.zero_grad()
+            with torch.enable_grad():                     # also during validation, under no_grad
+                out = copied(images.detach())
+                out.sum().backward()
+            results.append([out.detach()] + [p.grad.clone() for p in copied.parameters()])
     finally:
         torch.set_num_threads(threads)
     return all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
