@@ -141,9 +141,12 @@ def slug(text):
 def training_figures(history, status):
     train, val, accuracy = history["train_losses"], history["test_losses"], history["accuracies"]
     best = min(range(len(val)), key=val.__getitem__)
+    above = [epoch for epoch in range(len(val)) if train[epoch] > val[epoch]]
     return {"final validation loss": val[-1], "lowest validation loss": val[best],
             "epoch of the lowest": best + 1, "final accuracy": accuracy[-1],
             "final training loss": train[-1], "final gap (val - train)": val[-1] - train[-1],
+            "first epoch's gap (val - train)": val[0] - train[0],
+            "epochs with training loss above validation": len(above),
             "epochs": len(val), "diverged": int(status == 1)}
 
 
