@@ -549,7 +549,7 @@ class DropoutPerLayer(FashionNeuralNetwork):
     """The network with a dropout of its own after each hidden layer (--dropout-per-layer)."""
 
     def __init__(self, p1, p2, p3):
-        super().__init__()
+        super().__init__()                  # its self.dropout (p=0) is left unused by forward()
         self.dropout_one, self.dropout_two, self.dropout_three = (nn.Dropout(p1), nn.Dropout(p2),
                                                                   nn.Dropout(p3))
 
