@@ -45,7 +45,7 @@ def main(argv=None):
     print(f"\nTotal run time: {minutes:.1f} min for {len(args.seeds)} seeds")
 
 
-# ----------------------------------------------------------------------- the exercises, from the doc
+# -------------------------------------------------------------------- the exercises, from the doc
 
 def exercises(text):
     """[(title, commands, snippets)] of the doc: each '## ' heading, the python commands of its

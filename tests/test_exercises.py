@@ -179,8 +179,8 @@ class ExerciseKnobTests(TinyDataTestCase):
 
     def test_look_inside_writes_the_picture_and_names_the_missing_checkpoint(self):
         self.assert_refused(beyond, ["--look-inside"], "baseline.pt", "run 02_baseline.py")
-        for module in (importlib.import_module("02_baseline"), importlib.import_module("03_dropout")):
-            self.train_script(module)
+        for script in ("02_baseline", "03_dropout"):
+            self.train_script(importlib.import_module(script))
         status, out, err = run_main(beyond, *self.paths(), "--look-inside")
         self.assertEqual(status, 0, err)
         self.assertRegex(out, r"Without dropout .*: \d+ of 256 first-layer units dead")
