@@ -20,9 +20,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from torch import nn
 from torch import optim
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 
 import common
 from common import CLASSES, FashionNeuralNetwork
@@ -33,11 +34,16 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = cli.get_device(args.device)
     out_dir = saving.prepare_out_dir(args.out_dir)
-    print(f"Settings: dropout {args.sweep_dropout or args.dropout}, epochs {args.epochs}, "
+    if args.look_inside:                          # no training: 02's and 03's networks, drawn
+        return look_inside(args, device, out_dir)
+    print(f"Settings: dropout {args.sweep_dropout or args.dropout_per_layer or args.dropout}, "
+          f"epochs {args.epochs}, "
           f"batch size {args.batch_size}, lr {args.lr}, weight decay {args.weight_decay} "
           f"({'AdamW' if args.weight_decay else 'Adam'}), schedule {args.schedule}, "
           f"augment {args.augment}, mixup {args.mixup}, validation split {args.val_split}, "
-          f"final fit {args.final_fit}, seed {args.seed}{seeds_note(args)}, device {device}")
+          f"final fit {args.final_fit}, train size {args.train_size or 'all'}, "
+          f"eval() {'forgotten' if args.no_eval else 'used'}, "
+          f"seed {args.seed}{seeds_note(args)}, device {device}")
     trainloader, testloader = common.load_data(args.data_dir, args.batch_size,
                                                download=not args.no_download)
     if args.sweep_dropout:
@@ -47,7 +53,10 @@ def main(argv=None):
     for seed in seeds(args):
         progress.start(f"seed {seed}")
         torch.manual_seed(seed)          # each seed's run as if alone: `--seed SEED` gives it too
-        outcomes[seed] = one_run(args, seed, trainloader, testloader, device,
+        loader = trainloader
+        if args.train_size:
+            loader = smaller_trainloader(trainloader, args.train_size, seed, args.batch_size)
+        outcomes[seed] = one_run(args, seed, loader, testloader, device,
                                  out_dir if seed == args.seed else None)
         progress.done(outcomes[seed]["run"])
         if outcomes[seed]["status"]:
@@ -95,7 +104,7 @@ def one_run(args, seed, trainloader, testloader, device, out_dir):
             mixed = " (on mixed images)" * bool(args.mixup)
             fig = common.plot_losses({"beyond": run}, f"{describe(args, args.dropout)}\n"
                                      f"training{mixed} and validation loss")
-        saving.save_run("beyond", run, args.dropout, out_dir, plot=fig)   # the four files, one set
+        saving.save_run("beyond", run, checkpoint_dropout(args), out_dir, plot=fig)   # one set
     common.print_summary(run, cli.divergence_advice(args))
     outcome = {"run": run, "status": cli.exit_status(run),
                "test_accuracy": (run.test_of_best or {}).get("test_accuracy")}
@@ -138,7 +147,14 @@ def parse_args(argv):
                         help="with --val-split: one run per dropout value, the other settings as "
                              "given; choose the smallest p whose lowest validation loss is within "
                              "twice the paired standard error of the lowest, at its lowest epoch")
+    add_exercise_args(parser)
     args = parser.parse_args(argv)
+    for flag in ("train_size", "no_eval", "dropout_per_layer"):
+        if getattr(args, flag) and args.sweep_dropout:
+            parser.error(f"argument --{flag.replace('_', '-')}: not with --sweep-dropout; one "
+                         "setting at a time")
+    if args.no_eval and args.dropout_per_layer:
+        parser.error("argument --no-eval: not with --dropout-per-layer; one of them at a time")
     for flag in ("final_fit", "sweep_dropout"):
         if getattr(args, flag) and not args.val_split:
             parser.error(f"argument --{flag.replace('_', '-')}: needs --val-split N (10000 is "
@@ -169,7 +185,7 @@ def parse_args(argv):
 def fit(args, dropout, trainloader, valloader, validated_on, device, epochs=None):
     """One run of the tutorial's training (common.train) with this script's settings: a new
     network with this dropout, trained `epochs` (--epochs) epochs. Returns the model and its Run."""
-    model = FashionNeuralNetwork(dropout=dropout).to(device)
+    model = make_network(args, dropout).to(device)
     # A mixed image's label is two probabilities, which NLLLoss cannot take. CrossEntropyLoss can;
     # its log_softmax leaves our log-probabilities as they are, so on labels it is NLLLoss.
     loss_function = nn.CrossEntropyLoss() if args.mixup else nn.NLLLoss()
@@ -536,11 +552,164 @@ class Mixup:
         return mixed, lam * targets + (1 - lam) * targets[other]
 
 
+# --------------------------------------------------------- the exercises' knobs (docs/exercises.md)
+
+def add_exercise_args(parser):
+    """The flags docs/exercises.md's questions need, beyond the tutorial's and this script's."""
+    parser.add_argument("--train-size", type=cli.non_negative_int, default=0, metavar="N",
+                        help="train on N training images only: the first N of a shuffle seeded by "
+                             "the run's seed, the same N for every other setting; 0 takes all")
+    parser.add_argument("--dropout-per-layer", type=cli.probability, nargs=3,
+                        metavar=("P1", "P2", "P3"),
+                        help="dropout after the first, second and third hidden layer, in place of "
+                             "--dropout's one p after each (default: not given, --dropout's p)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="validate without model.eval(), as a loop that forgot it: dropout "
+                             "stays on while validating (default: off, eval() used)")
+    parser.add_argument("--look-inside", action="store_true",
+                        help="train nothing: draw the first layer's weights of OUT_DIR/baseline.pt "
+                             "and OUT_DIR/dropout.pt (02's and 03's) in weights.png, count their "
+                             "dead units, and exit (default: off)")
+
+
+class ForgottenEval(FashionNeuralNetwork):
+    """The network whose eval() does nothing, as if the loop had forgotten model.eval(): dropout
+    stays on while validating (--no-eval)."""
+
+    def eval(self):
+        return self
+
+
+class DropoutPerLayer(FashionNeuralNetwork):
+    """The network with a dropout of its own after each hidden layer (--dropout-per-layer)."""
+
+    def __init__(self, p1, p2, p3):
+        super().__init__()                  # its self.dropout (p=0) is left unused by forward()
+        self.dropout_one, self.dropout_two, self.dropout_three = (nn.Dropout(p1), nn.Dropout(p2),
+                                                                  nn.Dropout(p3))
+
+    def forward(self, x):
+        x = x.view(x.shape[0], -1)                                    # (B, 784)
+        x = self.dropout_one(F.relu(self.layer_input(x)))             # (B, 256)
+        x = self.dropout_two(F.relu(self.layer_hidden_one(x)))        # (B, 128)
+        x = self.dropout_three(F.relu(self.layer_hidden_two(x)))      # (B, 64)
+        return F.log_softmax(self.layer_output(x), dim=1)             # (B, 10)
+
+
+def make_network(args, dropout):
+    """A new network for a run: the tutorial's, or the variant an exercise's flag asks for."""
+    if args.dropout_per_layer:
+        return DropoutPerLayer(*args.dropout_per_layer)
+    if args.no_eval:
+        return ForgottenEval(dropout=dropout)
+    return FashionNeuralNetwork(dropout=dropout)
+
+
+def checkpoint_dropout(args):
+    """The one p a checkpoint holds: with --dropout-per-layer the largest of the three (04 loads
+    it into the one-p network, in eval mode, where p changes nothing)."""
+    if args.dropout_per_layer:
+        return max(args.dropout_per_layer)
+    return args.dropout
+
+
+def smaller_trainloader(trainloader, n, seed, batch_size):
+    """A trainloader over the first n images of a shuffle of the training set seeded by `seed`:
+    the same images for a seed whatever the other settings (--train-size)."""
+    images, labels = trainloader.dataset.tensors                      # (60000, 1, 28, 28), (60000,)
+    if n > len(labels):
+        errors.fail(f"--train-size {n} is more than the {len(labels)} training images: use a "
+                    f"number from 1 to {len(labels)}, or 0 for all of them.")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    keep = order[:n]
+    return common.make_loader(TensorDataset(images[keep], labels[keep]), batch_size, shuffle=True)
+
+
+# ------------------------------------------------------------------------------------ a look inside
+
+def look_inside(args, device, out_dir):
+    """--look-inside: for 02's network and 03's, the dead units of the first layer and the losses
+    in eval mode, printed; their first layers' 256 weight vectors, drawn in weights.png."""
+    trainloader, testloader = common.load_data(args.data_dir, download=not args.no_download)
+    test_images, test_labels = testloader.dataset.tensors
+    networks, dead = {}, {}
+    for name, stem, script in (("without dropout", "baseline", "02_baseline.py"),
+                               ("with dropout", "dropout", "03_dropout.py")):
+        model, checkpoint, history = read_trained(out_dir, stem, script, device)
+        networks[name], dead[name] = model, dead_units(model, test_images.to(device))
+        train_loss, _ = common.evaluate(model, *trainloader.dataset.tensors, device)
+        test_loss, test_accuracy = common.evaluate(model, test_images, test_labels, device)
+        print(f"{name.capitalize()} ({stem}.pt, dropout {checkpoint['dropout']}, epoch "
+              f"{checkpoint['epoch']}): {len(dead[name])} of 256 first-layer units dead (never "
+              f"active on any of the {len(test_labels)} test images)")
+        # The training loss the run printed is the epoch's mean in train mode, dropout on, while
+        # the weights still moved; in eval mode at the end, it is the same network as validated.
+        print(f"  Training loss: {history['train_losses'][-1]:.3f} as trained (train mode, the "
+              f"last epoch's mean), {train_loss:.3f} in eval mode at the end;  Test loss: "
+              f"{test_loss:.3f};  Test accuracy: {test_accuracy:.3f}")
+    path = out_dir / "weights.png"
+    saving.save_figure(plot_first_layers(networks, dead), path)
+    print(f"Wrote {path}")
+    return 0
+
+
+def read_trained(out_dir, stem, script, device):
+    """The network of OUT_DIR/STEM.pt in eval mode, its checkpoint and its history; one sentence
+    naming the script to run when they are missing or unreadable."""
+    if not (out_dir / f"{stem}.pt").is_file():
+        errors.fail(f"--look-inside reads {stem}.pt, which is not in {out_dir}: run {script} "
+                    f"with --out-dir {out_dir} first.")
+    try:
+        model, checkpoint = saving.read_checkpoint(out_dir / f"{stem}.pt", FashionNeuralNetwork,
+                                                   device)
+        history = saving.read_history(out_dir / f"{stem}_history.json")
+        saving.check_same_run(out_dir / f"{stem}.pt", checkpoint,
+                              out_dir / f"{stem}_history.json", f"run {script} again")
+    except errors.BadFile as e:
+        errors.fail(f"{e}")
+    return model, checkpoint, history
+
+
+def dead_units(model, images):
+    """The first-layer units never active on `images`: their pre-activation, the input to the
+    ReLU, is <= 0 on every image, so they pass nothing on and get no gradient. A list of indices."""
+    with torch.no_grad():
+        pre = model.layer_input(images.view(len(images), -1))           # (N, 256)
+    active = (pre > 0).any(dim=0)                                       # (256,): ever active
+    return [unit for unit in range(len(active)) if not active[unit]]
+
+
+def plot_first_layers(networks, dead):
+    """Each network's 256 first-layer weight vectors as 28x28 images in a 16x16 grid, each scaled
+    to its own largest |weight| (red positive, blue negative), its dead units framed in black."""
+    fig = Figure(figsize=(14, 7.4), layout="constrained")
+    for ax, (name, model) in zip(fig.subplots(ncols=2), networks.items()):
+        weights = model.layer_input.weight.detach().cpu().view(256, 28, 28)
+        scaled = weights / weights.abs().amax(dim=(1, 2), keepdim=True)   # each in [-1, 1]
+        grid = torch.full((16 * 29 + 1, 16 * 29 + 1), float("nan"))       # NaN: the white gaps
+        for unit in range(256):
+            row, col = divmod(unit, 16)
+            grid[1 + 29 * row:29 * (row + 1), 1 + 29 * col:29 * (col + 1)] = scaled[unit]
+        ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+        for unit in dead[name]:
+            row, col = divmod(unit, 16)
+            ax.add_patch(Rectangle((29 * col, 29 * row), 29, 29, fill=False, edgecolor="black",
+                                   linewidth=1.5))
+        ax.set_title(f"{name}: {len(dead[name])} of 256 units dead (framed)")
+        ax.set_axis_off()
+    fig.suptitle("The first layer's 256 weight vectors as 28x28 images, each scaled to its "
+                 "largest |weight| (red: positive, blue: negative)")
+    return fig
+
+
 # ----------------------------------------------------------------------------------------- pictures
 
 def describe(args, dropout):
     """The settings that shape a run, for a picture's title."""
-    parts = [f"dropout {dropout}"]
+    parts = [f"dropout {dropout}" if not args.dropout_per_layer else
+             f"dropout per layer {' '.join(map(str, args.dropout_per_layer))}"]
+    parts += ["model.eval() forgotten"] * args.no_eval
+    parts += [f"{args.train_size} training images"] * bool(args.train_size)
     parts += [f"mixup {args.mixup}"] * bool(args.mixup)
     parts += [f"augment {args.augment}"] * (args.augment != "none")
     parts += [f"AdamW weight decay {args.weight_decay}"] * bool(args.weight_decay)

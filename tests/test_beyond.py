@@ -58,7 +58,9 @@ class BeyondTheTutorialTests(TinyDataTestCase):
         self.assertEqual(flags(dropout), knobs | {"--dropout"})
         self.assertEqual(flags(beyond), knobs | {"--dropout", "--val-split", "--final-fit",
                                                  "--schedule", "--augment", "--mixup",
-                                                 "--weight-decay", "--sweep-dropout", "--seeds"})
+                                                 "--weight-decay", "--sweep-dropout", "--seeds",
+                                                 "--train-size", "--dropout-per-layer",
+                                                 "--no-eval", "--look-inside"})
 
     def test_val_split_is_disjoint_and_the_same_for_the_same_seed(self):
         trainloader, _ = self.load()
