@@ -116,14 +116,17 @@ class ThreadRuleTests(unittest.TestCase):
                 chooser, steps = self.chooser(2, lambda n: 0.003 if n == 1 else next(on_two))
                 used = [steps(1) for _ in range(3 * speed.WINDOW)]
                 self.assertEqual(chooser.choice, 1)
-        self.assertEqual(used.count(2), speed.EARLY + 1)
+                # the first step, at torch's own count, and the EARLY steps timed
+                self.assertEqual(used.count(2), speed.EARLY + 1)
 
     def test_a_pause_in_a_counts_first_steps_neither_ends_its_window_nor_counts(self):
         count = [0]
 
         def seconds(n):
             count[0] += 1
-            return 1.0 if count[0] == speed.WINDOW + 3 else 0.002 * (1 if n == 2 else 1.3)
+            # Step 1 at torch's count, untimed; one thread's window; then two threads' first
+            # timed step (the step after a change starts an interval) is the pause.
+            return 1.0 if count[0] == speed.WINDOW + 4 else 0.002 * (1 if n == 2 else 1.3)
         chooser, steps = self.chooser(2, seconds)
         timed_after = None
         for i in range(3 * speed.WINDOW):
