@@ -260,7 +260,7 @@ MUTANTS = [
            "tests.test_speed.ThreadRuleTests."
            "test_on_one_thread_a_slowdown_starts_no_round_before_the_one_that_is_due"),
     Mutant("threads: a collapsing count timed until it has cost 1.5 windows",
-           "plumbing/speed.py", "ThreadChooser._hopeless",
+           "plumbing/speed.py", "ThreadChooser._window_over",
            r"or len\(self\.steps\) >= EARLY and .*\)$", "or False)",
            "tests.test_speed.ThreadRuleTests."
            "test_a_count_that_collapses_is_timed_for_a_few_steps_only"),
@@ -275,19 +275,19 @@ MUTANTS = [
            "tests.test_speed.ThreadRuleTests."
            "test_a_pause_between_two_steps_such_as_validation_does_not_count"),
     Mutant("threads: the early cut by the median of the first steps, which hides the stalls",
-           "plumbing/speed.py", "ThreadChooser._hopeless", r"and typical\(self\.steps\) > SLOWER",
+           "plumbing/speed.py", "ThreadChooser._window_over", r"and typical\(self\.steps\) > SLOWER",
            "and sorted(self.steps)[len(self.steps) // 2] > SLOWER",
            "tests.test_speed.ThreadRuleTests."
            "test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs"),
     Mutant("threads: a pause in a count's first steps ends its window",
-           "plumbing/speed.py", "ThreadChooser._hopeless",
+           "plumbing/speed.py", "ThreadChooser._window_over",
            r"sum\(self\.steps\) - max\(self\.steps\) >",
            "sum(self.steps) >",
            "tests.test_speed.ThreadRuleTests."
            "test_a_pause_in_a_counts_first_steps_neither_ends_its_window_nor_counts"),
     Mutant("threads: a window of big batches lasts 40 steps whatever they take",
-           "plumbing/speed.py", "ThreadChooser._full", r"return len\(self\.steps\) >= 3 and .*$",
-           "return False",
+           "plumbing/speed.py", "ThreadChooser._window_over",
+           r" or \(len\(self\.steps\) >= 3 and sum\(self\.steps\) >= SECONDS\)", "",
            "tests.test_speed.ThreadRuleTests."
            "test_with_big_batches_a_window_ends_after_its_seconds"),
 ]

@@ -1,15 +1,8 @@
 """Speed on the CPU, without a number of the run changed and without a host left changed.
 
-Keeps safe: the speed of training on a CPU, and whatever runs the script. Two kinds of setting:
-
-- for_own_process(): what a library reads once, so that it cannot be undone: MKL's sums made
-  independent of the thread count ("strict sums", MKL_CBWR, read at MKL's first product), large
-  tensors in 2 MB pages ("huge pages", THP_MEM_ALLOC_ENABLE, read at torch's first tensor),
-  numbers too small for a float32 ("denormals") flushed to zero (inherited by the threads torch
-  starts later), freed blocks given back to the system. cli.run_script makes them only when the
-  process is the script's own (python 02_baseline.py): under %run or runpy, nothing.
-- threads_chosen(): while a network trains on the CPU, the thread count is chosen by timing the
-  steps, and put back afterwards (docs/speed.md).
+Keeps safe: the speed of training on a CPU, and whatever runs the script. for_own_process()
+makes the settings a library reads only once, and only in a process of the script's own;
+threads_chosen() chooses the thread count while a network trains. docs/speed.md says why each.
 """
 import copy
 import ctypes
@@ -42,16 +35,8 @@ def owns_process(script):
 
 
 def for_own_process():
-    """The settings read once, made before torch's first tensor, product and thread. A value the
-    user set for MKL_CBWR or THP_MEM_ALLOC_ENABLE is kept.
-
-    Why each: a batch gathers 64 images at random places of 188 MB of training images, and in
-    4 kB pages each costs a page lookup (huge pages: an epoch about 1.1 times faster). A ReLU
-    unit that stops firing leaves Adam's running averages for its weights decaying into
-    denormals, which an x86 CPU computes on a slow path at every step (flushed: about 1.15 times
-    faster, the same numbers). Strict sums let the thread count change without changing a
-    number. glibc's malloc keeps freed blocks of a few MB in its heap, scattered, so that a second
-    training in one run (05_beyond.py --final-fit) starts hundreds of MB higher."""
+    """Strict sums, huge pages, denormals flushed, freed blocks returned (docs/speed.md), made
+    before torch's first tensor, product and thread. A value the user set is kept."""
     if not os.environ.get(STRICT_SUMS):
         os.environ[STRICT_SUMS] = "AUTO,STRICT"
     if os.environ.get(HUGE_PAGES, "") not in ("", "0", "1"):       # torch would only warn
@@ -76,29 +61,21 @@ EARLY = 5             # steps after which a count whose typical step is SLOWER s
 
 
 def candidates(threads):
-    """The thread counts worth timing on `threads` cores, fewest first: one, half of them, all but
-    the one another program may hold, and all. One never collapses, so it sets the bar at which a
-    count that does (waiting on a busy core) stops being timed."""
+    """The counts worth timing on `threads` cores, fewest first: one (which never collapses, so it
+    sets the bar), half of them, all but the one another program may hold, and all."""
     return sorted({threads, threads - 1, threads // 2, 1} - {0})
 
 
 def typical(steps):
-    """A window's step time (two steps or more): the mean without its longest step. The mean, for
-    what the steps cost: beside busy programs, two threads take most steps as fast as alone and
-    stall on a few for a descheduled thread, which a median hides. Without the longest, for the
-    validation pass, which falls between two steps once an epoch."""
+    """A window's step time (two steps or more): the mean, for what stalls cost, without the
+    longest step, where the validation pass falls once an epoch."""
     return (sum(steps) - max(steps)) / (len(steps) - 1)
 
 
 class ThreadChooser:
-    """Times the steps in windows and sets torch's thread count between two steps.
-
-    Each round times every candidate for one window (its typical step, typical()) and keeps the
-    fastest for KEEP windows, twice as long each time the same count wins again (up to LONGEST).
-    A window of the choice that runs SLOWER than it was timed (another program has started)
-    starts a new round at once, unless the choice is one thread: then nothing faster can be found
-    by timing again. Until its first step, the count is left as it is.
-    """
+    """Times the steps in windows and sets torch's thread count between two steps: each round
+    times every candidate for one window and keeps the fastest, until the round that is due or
+    a slowdown (docs/speed.md, "A machine that is busy")."""
 
     def __init__(self, threads, clock=time.perf_counter, set_threads=torch.set_num_threads):
         self.threads, self.clock, self.set_threads = threads, clock, set_threads
@@ -117,7 +94,7 @@ class ThreadChooser:
         if self.last is not None:
             self.steps.append(now - self.last)
         self.last = now
-        if len(self.steps) < WINDOW and not self._full() and not self._hopeless():
+        if not self._window_over():
             return
         seconds, self.steps = typical(self.steps), []
         if self.plan:                                           # timing the candidates
@@ -137,16 +114,11 @@ class ThreadChooser:
             self.timed, self.plan = {}, candidates(self.threads)
             self._use(self.plan[0])
 
-    def _full(self):
-        """Whether the window has lasted SECONDS: a step of a big batch can take a second, and
-        40 of them on the slower count would cost most of a short run."""
-        return len(self.steps) >= 3 and sum(self.steps) >= SECONDS
-
-    def _hopeless(self):
-        """Whether the count being timed has already taken SLOWER times as long as a whole window
-        of the fastest so far, or its typical step after EARLY steps is SLOWER than the fastest's
-        (both without its longest step): a busy core can make its window cost seconds, so it
-        ends early."""
+    def _window_over(self):
+        """Whether the window ends: after WINDOW steps, or SECONDS of big batches' steps, or, for a
+        count being timed, as soon as it is plainly SLOWER than the fastest so far."""
+        if len(self.steps) >= WINDOW or (len(self.steps) >= 3 and sum(self.steps) >= SECONDS):
+            return True
         best = min(self.timed.values(), default=self.best_before)
         if not self.plan or best is None or len(self.steps) < 2:
             return False
@@ -159,9 +131,8 @@ class ThreadChooser:
 
 
 def same_numbers(model, images, counts):
-    """Whether a forward and backward pass of a copy of `model` on `images`, a batch it is about to
-    take, gives the same floats on each of `counts` threads: the products of every shape the
-    network multiplies at that batch size. Draws no random number of the run's."""
+    """Whether a forward and backward pass of a copy of `model` on `images`, the batch it is about
+    to take, gives the same floats on each of `counts` threads. Draws no random number."""
     threads = torch.get_num_threads()
     # Dropout off, so that no random number is drawn, also where a model's eval() does nothing
     # (05_beyond.py --no-eval): train(False) is what eval() calls.
@@ -180,20 +151,14 @@ def same_numbers(model, images, counts):
     return all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
 
 
-def user_chose():
-    """Whether the user set the thread count: then it is obeyed as given."""
-    return any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-
-
 @contextmanager
 def threads_chosen(model, optimizer, device):
-    """While `model` trains with `optimizer` on the CPU, torch's thread count is the fastest
-    measured (ThreadChooser), unless the user set it or there is one core; put back afterwards.
-    Each batch size the model meets is first checked to give the same numbers on every
-    candidate count (same_numbers): where one does not, the count in use stays for the rest of
-    the run, so the run is the one it would be without the choice."""
+    """While `model` trains with `optimizer` on the CPU, the fastest thread count measured, unless
+    the user set it or there is one core; put back afterwards. A batch size whose numbers differ
+    between counts (same_numbers) keeps the count in use for the rest of the run."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or user_chose():
+    user_set = os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")   # obeyed
+    if device.type != "cpu" or threads < 2 or user_set:
         yield None
         return
     chooser, checked = ThreadChooser(threads), set()
