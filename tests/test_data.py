@@ -179,7 +179,7 @@ class DamagedDataTests(TinyDataTestCase):
 
     def test_a_small_file_that_unpacks_to_gigabytes_is_refused_at_the_data_sets_size(self):
         # 300 MB of zeros behind a header for 100 labels: 300 KB packed. Unpacking it all first
-        # would cost 300 MB of memory; the unpacking stops at the 10008 bytes such a file has.
+        # would cost 300 MB of memory; the unpacking stops one byte past the larger labels file.
         header = idx_bytes(torch.zeros(100, dtype=torch.uint8))[:8]
         packer = zlib.compressobj(wbits=31)
         bomb = packer.compress(header)
@@ -189,8 +189,9 @@ class DamagedDataTests(TinyDataTestCase):
         (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(bomb)
         tracemalloc.start()
         try:
-            self.assert_refused(data_step, [], f"the local copy {copy / 't10k-labels-idx1-ubyte.gz'} "
-                                "is not Fashion-MNIST's test labels")
+            self.assert_refused(data_step, [],
+                                f"the local copy {copy / 't10k-labels-idx1-ubyte.gz'} is not "
+                                "Fashion-MNIST's test labels")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
