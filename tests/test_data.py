@@ -22,6 +22,20 @@ from tests.tiny import (N_TEST, N_TRAIN, REAL_DATA, ChildRuns, ForkedRun, TinyDa
                         write_fake_fashion_mnist)
 
 
+def as_if_full_size(test):
+    """The tiny data set taken for the whole one: its sizes and digests in the tables."""
+    digests, sizes = {}, {}
+    for name in datafiles.RAW_FILES:
+        data = gzip.decompress((test.source / f"{name}.gz").read_bytes())
+        digests[hashlib.sha256(data).hexdigest()] = name
+        sizes[name] = len(data)
+    for patch in (mock.patch.dict(datafiles.FILE_WITH_SHA256, digests),
+                  mock.patch.dict(datafiles.RAW_FILES, sizes),
+                  mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"})):
+        patch.start()
+        test.addCleanup(patch.stop)
+
+
 class DataFileTests(TinyDataTestCase):
     """A local copy unpacked, gzipped or not; without one and without a download, three ways out."""
 
@@ -55,7 +69,7 @@ class DataFileTests(TinyDataTestCase):
 
 class DamagedDataTests(TinyDataTestCase):
     """A damaged file is unpacked again or named, and nothing is half written; damaged contents
-    (labels, counts, a gzip bomb, a processed/ folder) are checked at their root."""
+    (labels, counts, a gzip bomb) and a processed/ folder are refused in one sentence."""
 
     def truncate(self, path):
         path.write_bytes(path.read_bytes()[:1000])
@@ -72,15 +86,19 @@ class DamagedDataTests(TinyDataTestCase):
         return folder
 
     def test_truncated_raw_file_is_unpacked_again_from_the_local_copy(self):
+        as_if_full_size(self)
         self.load()
         self.truncate(self.raw())
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             trainloader, _ = common.load_data(self.data_dir, download=False)
-        self.assertIn("is damaged", out.getvalue())
+        self.assertIn(f"{self.raw()} is not Fashion-MNIST's training images (damaged, cut short, "
+                      "or another data set's: its SHA-256 differs); fetching it again",
+                      out.getvalue())
         self.assertEqual(len(trainloader.dataset), N_TRAIN)
 
     def test_truncated_raw_file_without_a_source_names_the_file(self):
+        as_if_full_size(self)
         self.load()
         self.truncate(self.raw())
         with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(self.tmp)}):
@@ -107,15 +125,17 @@ class DamagedDataTests(TinyDataTestCase):
         raw_gz.write_bytes(b"not gzip at all")
         status, out, err = run_main(data_step, *self.paths())
         self.assertEqual(status, 2)
-        self.assertIn(f"{raw_gz} is damaged", err)
+        self.assertIn(f"{raw_gz} cannot be unpacked", err)
         raw_gz.unlink()
+        as_if_full_size(self)
         plain = self.tmp / "plain-copy"
         write_fake_fashion_mnist(plain, gz=False)
         self.truncate(plain / "train-images-idx3-ubyte")
         with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(plain)}):
             status, out, err = run_main(data_step, *self.paths())
         self.assertEqual(status, 2)
-        self.assertIn(f"the local copy {plain / 'train-images-idx3-ubyte'} is damaged", err)
+        self.assertIn(f"the local copy {plain / 'train-images-idx3-ubyte'} is not Fashion-MNIST's "
+                      "training images", err)
         self.assertFalse(self.raw().exists())
         self.assertEqual(leftovers(self.data_dir), [])
 
@@ -123,14 +143,19 @@ class DamagedDataTests(TinyDataTestCase):
         self.load()
         self.raw("t10k-labels-idx1-ubyte").write_bytes(idx_bytes(torch.zeros(N_TEST - 1,
                                                                              dtype=torch.uint8)))
-        status, out, err = run_main(data_step, *self.paths())
-        self.assertEqual(status, 2)
-        self.assertIn(f"the t10k split holds {N_TEST} images but {N_TEST - 1} labels", err)
+        self.assert_refused(data_step, [], f"the test split in {self.data_dir} is not 28x28 images "
+                            "with as many labels, 0 to 9: replace its files in FashionMNIST/raw/")
 
-    def test_an_idx_file_of_the_wrong_kind_is_refused(self):
+    def test_a_subsets_file_of_the_wrong_kind_or_cut_short_is_refused(self):
+        # a subset's files have no digest: what torchvision makes of them is checked
         self.load()
-        self.raw().write_bytes(self.raw("train-labels-idx1-ubyte").read_bytes())
-        self.assertEqual(datafiles.idx_problem(self.raw()), "not an IDX file of this kind")
+        labels = self.raw("train-labels-idx1-ubyte").read_bytes()
+        for data in (labels, self.raw().read_bytes()[:1000]):
+            self.raw().write_bytes(data)
+            err = self.assert_refused(data_step, [],
+                                      f"torchvision cannot read Fashion-MNIST in {self.data_dir}",
+                                      "replace its files in FashionMNIST/raw/")
+            self.assertEqual(err.count("\n"), 1, err)
 
     def test_labels_outside_0_to_9_and_counts_beyond_fashion_mnist_are_refused(self):
         labels = self.splits["train"][1].clone()
@@ -139,20 +164,22 @@ class DamagedDataTests(TinyDataTestCase):
         def no_labels(n):
             return torch.zeros(n, dtype=torch.uint8)
 
-        cases = {"a label above 9": {"train_labels_idx1_ubyte": idx_bytes(labels)},
-                 "promises 0 items": {"t10k_labels_idx1_ubyte": idx_bytes(no_labels(0))},
-                 "promises 70000 items": {"train_labels_idx1_ubyte": idx_bytes(no_labels(70000))}}
-        for phrase, files in cases.items():
-            with self.subTest(phrase):
-                copy = self.local_copy(**files)
-                err = self.assert_refused(data_step, ["--data-dir", self.tmp / phrase], phrase,
-                                          str(copy))
+        cases = {"a label above 9": ({"train_labels_idx1_ubyte": idx_bytes(labels)},
+                                     "the training split in"),
+                 "0 items": ({"t10k_labels_idx1_ubyte": idx_bytes(no_labels(0))},
+                             "torchvision cannot read"),
+                 "70000 items": ({"train_labels_idx1_ubyte": idx_bytes(no_labels(70000))},
+                                 "the local copy")}
+        for case, (files, phrase) in cases.items():
+            with self.subTest(case):
+                self.local_copy(**files)
+                err = self.assert_refused(data_step, ["--data-dir", self.tmp / case], phrase)
                 self.assertEqual(err.count("\n"), 1, err)
                 self.assertEqual(leftovers(self.tmp), [])
 
     def test_a_small_file_that_unpacks_to_gigabytes_is_refused_at_the_data_sets_size(self):
         # 300 MB of zeros behind a header for 100 labels: 300 KB packed. Unpacking it all first
-        # would cost 300 MB of memory; the unpacking stops at the 10008 bytes such a file has.
+        # would cost 300 MB of memory; the unpacking stops one byte past the larger labels file.
         header = idx_bytes(torch.zeros(100, dtype=torch.uint8))[:8]
         packer = zlib.compressobj(wbits=31)
         bomb = packer.compress(header)
@@ -162,51 +189,34 @@ class DamagedDataTests(TinyDataTestCase):
         (copy / "t10k-labels-idx1-ubyte.gz").write_bytes(bomb)
         tracemalloc.start()
         try:
-            self.assert_refused(data_step, [], "unpacks to more than the 10008 bytes",
-                                "t10k-labels-idx1-ubyte.gz")
+            self.assert_refused(data_step, [],
+                                f"the local copy {copy / 't10k-labels-idx1-ubyte.gz'} is not "
+                                "Fashion-MNIST's test labels")
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         self.assertLess(peak, 50 * 2 ** 20)
 
-    def test_a_damaged_or_wrong_processed_folder_is_named_with_what_to_delete(self):
+    def test_a_processed_folder_is_named_with_what_to_delete(self):
+        # torchvision reads processed/ instead of the checked raw files: refused before it reads
+        self.load()
         processed = self.data_dir / "FashionMNIST" / "processed"
-        processed.mkdir(parents=True)
-        (processed / "training.pt").write_bytes(b"not a tensor file")
-        (processed / "test.pt").write_bytes(b"not a tensor file")
-        self.assert_refused(data_step, [], f"delete {processed}")
-        images, labels = self.splits["train"]
-        for name in ("training.pt", "test.pt"):
-            torch.save((images.clone(), labels.long() + 5), processed / name)     # labels up to 14
-        self.assert_refused(baseline, ["--epochs", 1], "a label outside 0 to 9",
-                            f"delete {processed}")
-        # What torchvision would not write: other label types, a view of another tensor, more
-        # images than Fashion-MNIST has (600000 from a small file, by expanding one image).
-        for data in ((images.clone(), labels.int()), (images.transpose(1, 2), labels.long()),
-                     (images[:1].expand(600000, 28, 28), labels[:1].long().expand(600000))):
+        processed.mkdir()
+        images, labels = self.splits["t10k"]
+        # damaged, and as an older torchvision wrote them, but the test set
+        for write in (lambda path: path.write_bytes(b"not a tensor file"),
+                      lambda path: torch.save((images.clone(), labels.long()), path)):
             for name in ("training.pt", "test.pt"):
-                torch.save(data, processed / name)
-            self.assert_refused(baseline, ["--epochs", 1],
-                                "not Fashion-MNIST's 28x28 images with labels",
-                                f"delete {processed}")
+                write(processed / name)
+            with mock.patch.object(datafiles.datasets, "FashionMNIST",
+                                   side_effect=AssertionError("read processed/")):
+                self.assert_refused(baseline, ["--epochs", 1],
+                                    f"an older torchvision left {processed}, which today's reads "
+                                    "instead of the checked files in raw/: delete it")
 
 
 class DataIdentityTests(TinyDataTestCase):
     """The data trained on is Fashion-MNIST itself, and the copy named."""
-
-    def as_if_full_size(self):
-        """The tiny data set taken for the whole one: its counts and digests in the tables."""
-        tiny = {}
-        for name in datafiles.RAW_FILES:
-            data = gzip.decompress((self.source / f"{name}.gz").read_bytes())
-            tiny[name] = hashlib.sha256(data).hexdigest()
-        counts = {name: (magic, N_TRAIN if name.startswith("train") else N_TEST)
-                  for name, (magic, _) in datafiles.RAW_FILES.items()}
-        for patch in (mock.patch.dict(datafiles.SHA256, tiny),
-                      mock.patch.dict(datafiles.RAW_FILES, counts),
-                      mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"})):
-            patch.start()
-            self.addCleanup(patch.stop)
 
     def test_another_data_sets_files_under_fashion_mnists_names_are_refused(self):
         # MNIST-like: a digit "1" (a bright vertical stroke) on black, at Fashion-MNIST's full size.
@@ -220,15 +230,16 @@ class DataIdentityTests(TinyDataTestCase):
             (mnist / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
         with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(mnist)}):
             err = self.assert_refused(data_step, [],
-                                      f"the local copy {mnist / 'train-images-idx3-ubyte'} holds "
-                                      "60000 images that are not Fashion-MNIST's own training "
-                                      "images")
+                                      f"the local copy {mnist / 'train-images-idx3-ubyte'} is "
+                                      "not Fashion-MNIST's training images (damaged, cut short, or "
+                                      "another data set's: its SHA-256 differs): replace that "
+                                      "file.")
         self.assertEqual(err.count("\n"), 1, err)
         self.assertFalse(self.raw().exists())
         self.assertEqual(leftovers(self.data_dir), [])
 
     def test_the_other_splits_file_is_named_and_replaced_by_its_own(self):
-        self.as_if_full_size()
+        as_if_full_size(self)
         self.load()
         # the test set in the training set's place
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
@@ -267,15 +278,14 @@ class DataIdentityTests(TinyDataTestCase):
     def test_a_subset_is_used_only_where_the_variable_says_so(self):
         with mock.patch.dict(os.environ, {datafiles.SUBSET_VARIABLE: "0"}):
             self.assert_refused(data_step, [],
-                                f"holds only {N_TRAIN} of the 60000 training images of "
-                                "Fashion-MNIST",
-                                "replace that file")
+                                f"the local copy {self.source / 'train-images-idx3-ubyte.gz'} is "
+                                "not Fashion-MNIST's training images", "replace that file")
         status, out, err = run_main(data_step, *self.paths())
         self.assertEqual(status, 0, err)
 
     def test_every_load_checks_the_digests_and_a_changed_file_is_fetched_again(self):
-        self.as_if_full_size()
-        with mock.patch.object(datafiles, "_which_file", wraps=datafiles._which_file) as hashed:
+        as_if_full_size(self)
+        with mock.patch.object(datafiles.hashlib, "sha256", wraps=hashlib.sha256) as hashed:
             self.load()
             self.assertEqual(hashed.call_count, 4)           # each file as it is unpacked
             hashed.reset_mock()
@@ -290,8 +300,7 @@ class DataIdentityTests(TinyDataTestCase):
             with contextlib.redirect_stdout(out):
                 common.load_data(self.data_dir, download=False)
             self.assertEqual(hashed.call_count, 5)           # the four, and the fresh copy
-            self.assertIn(f"{path} holds {N_TEST} labels that are not Fashion-MNIST's own test "
-                          "labels", out.getvalue())
+            self.assertIn(f"{path} is not Fashion-MNIST's test labels", out.getvalue())
 
     def test_a_data_dir_inside_the_data_is_understood_and_nothing_is_made_inside_the_data(self):
         self.load()
@@ -312,18 +321,6 @@ class DataIdentityTests(TinyDataTestCase):
                                   f"FASHION_MNIST_DIR={self.source}")
         # no folder made inside it
         self.assertEqual(sorted(self.source.rglob("*")), before)
-
-    def test_a_processed_folder_that_holds_other_images_than_the_raw_files_is_named(self):
-        self.load()
-        processed = self.data_dir / "FashionMNIST" / "processed"
-        processed.mkdir()
-        images, labels = self.splits["t10k"]
-        # as an older torchvision wrote them, but the test set
-        for name in ("training.pt", "test.pt"):
-            torch.save((images.clone(), labels.long()), processed / name)
-        self.assert_refused(data_step, [],
-                            f"the train split that torchvision read from {processed} is not what",
-                            f"delete {processed}")
 
 
 def render_as_photo(image, seed):
