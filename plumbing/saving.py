@@ -1,9 +1,8 @@
 """Safe writes, histories and checkpoints.
 
-Keeps safe: every file a script writes. Each is written under a temporary name and renamed into
-place only when complete, so a crash, a kill or a full disk leaves the old file or the new one,
-never half of one; a script's files are renamed into place as one set, so they are all of one
-run; what is read back (a history, a checkpoint) is checked before it is used.
+Keeps safe: every file a script writes. A script's files are written under temporary names and
+renamed into place as one set, so a crash, a kill or a full disk leaves the old set or the new
+one, never half of one; what is read back (a history, a checkpoint) is checked before it is used.
 """
 import errno
 import json
@@ -38,9 +37,8 @@ LARGEST_LOSS = 1000.0
 
 @contextmanager
 def locked(folder):
-    """The scripts' lock on `folder` (flock on its file .write.lock, where the system has flock):
-    two runs writing there at once write their files one after the other, each set whole. A
-    temporary file found there meanwhile is a killed writer's (kill -9): it is removed."""
+    """The scripts' lock on `folder` (flock, where the system has it): two runs writing there write
+    their sets one after the other. A killed writer's temporary files found there are removed."""
     if fcntl is None:                                     # Windows: no lock between processes
         yield
         return
@@ -54,77 +52,69 @@ def locked(folder):
 
 @contextmanager
 def atomic_write(path):
-    """Open `path` for writing under a temporary name, renamed into place only when complete:
-    a crash, a kill or an exception at any moment leaves the old file or the new one, never half
-    of one. A full disk, a lost permission or a serializer's error becomes a WriteError."""
+    """`with atomic_write(path) as f:` writes `path` as a set of one file: an exception inside the
+    block leaves the old file; a failure to write is a WriteError."""
     path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with _write_errors(path), locked(path.parent):
-            with open(tmp, "xb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        with suppress(OSError):         # a failed cleanup never hides the failure that caused it
-            tmp.unlink(missing_ok=True)
+    with _one_set([path]) as (temporary, kept), _synced(path, temporary[0], kept) as f:
+        yield f
 
 
 def write_set(writers):
-    """Write several files as one set ({path: write(f)}) into one folder: each under a temporary
-    name, then all renamed into place together, with Ctrl-C and signals held off for those few
-    renames, and the folder locked (locked()) throughout. A failure or a stop before leaves every
-    file as it was; a WriteError or a KeyboardInterrupt says so in its .outcome, or names the
-    files of the set that are not this run's."""
+    """Write several files ({path: write(f)}) into one folder as one set. A WriteError or a
+    KeyboardInterrupt says in its .outcome which files are this run's."""
     paths = [Path(path) for path in writers]
     if not paths:
         return
+    with _one_set(paths) as (temporary, kept):
+        for path, tmp, write in zip(paths, temporary, writers.values()):
+            with _synced(path, tmp, kept) as f:
+                write(f)
+
+
+@contextmanager
+def _one_set(paths):
+    """Temporary names for `paths` and what a failure leaves; after the block, all renamed into
+    place, with stops held off for the renames. The folder is locked throughout."""
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
             "from an earlier run" if len(paths) > 1 else "the file was left as it was")
-    temporary = {}
+    temporary = [temporary_name(path) for path in paths]
     try:
         with _write_errors(paths[0], kept), locked(paths[0].parent):
-            _write_locked(paths, writers, temporary, kept)
+            for path in paths:
+                if path.is_dir():          # found now, before any file of the set is replaced
+                    error = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+                    raise WriteError(path, error, kept)
+            try:
+                yield temporary, kept
+            except KeyboardInterrupt as stop:
+                stop.outcome = kept
+                raise
+            with _signals_held():
+                for n, (path, tmp) in enumerate(zip(paths, temporary)):
+                    # the files before the n-th are new, the rest not
+                    half = (f"saved: {', '.join(p.name for p in paths[:n])}; not saved: "
+                            f"{', '.join(p.name for p in paths[n:])}, so those of them in "
+                            f"{paths[0].parent} are an earlier run's (stale)")
+                    with _write_errors(path, half if n else kept):
+                        os.replace(tmp, path)
     finally:
-        for tmp in temporary.values():
-            with suppress(OSError):
+        for tmp in temporary:
+            with suppress(OSError):     # a failed cleanup never hides the failure that caused it
                 tmp.unlink(missing_ok=True)
 
 
-def _write_locked(paths, writers, temporary, kept):
-    """write_set's work, the folder locked: the temporary files, then the renames."""
-    for path in paths:
-        if path.is_dir():          # found now, before any file of the set is replaced
-            raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
-                             kept)
-    try:
-        for path, write in zip(paths, writers.values()):
-            tmp = temporary[path] = temporary_name(path)
-            with _write_errors(path, kept), open(tmp, "xb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-    except KeyboardInterrupt as stop:
-        stop.outcome = kept
-        raise
-    with _signals_held():
-        for n, path in enumerate(paths):
-            with _write_errors(path, _half_saved(paths, n) if n else kept):
-                os.replace(temporary[path], path)
-
-
-def _half_saved(paths, n):
-    """What became of a set whose n-th rename failed: the files before it are new, the rest not."""
-    return (f"saved: {', '.join(p.name for p in paths[:n])}; not saved: "
-            f"{', '.join(p.name for p in paths[n:])}, so those of them in {paths[0].parent} are an "
-            "earlier run's (stale)")
+@contextmanager
+def _synced(path, tmp, outcome):
+    """The temporary file `tmp` of `path`, open for the block to write, then synced to disk."""
+    with _write_errors(path, outcome), open(tmp, "xb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def temporary_name(path):
-    """A name beside `path` for writing it, used by no other writer: not by another process, nor
-    by one of another host or container sharing the folder, where the same PID can run."""
+    """A name beside `path` used by no other writer, even one on another host sharing the folder."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
 
 
@@ -133,7 +123,7 @@ LOCK = ".write.lock"
 
 
 @contextmanager
-def _write_errors(path, outcome="the file was left as it was"):
+def _write_errors(path, outcome):
     """Any failure to write `path` as a WriteError that names its cause; a Ctrl-C or a signal that
     torch.save wrapped in a RuntimeError as the stop it is."""
     try:
@@ -148,7 +138,8 @@ def _write_errors(path, outcome="the file was left as it was"):
 @contextmanager
 def _signals_held():
     """Ctrl-C, SIGTERM and SIGHUP held off while the block runs, then raised as they would have
-    been: a set of files is renamed into place whole. Only the main thread handles signals."""
+    been: a set is renamed into place whole. Only the main thread handles signals."""
+    # Not signal.pthread_sigmask: it holds them off one thread only, and torch's threads take them.
     caught, held = [], {}
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
