@@ -1,15 +1,13 @@
 """Safe writes, histories and checkpoints.
 
-Keeps safe: every file a script writes. Each is written under a temporary name and renamed into
-place only when complete, so a crash, a kill or a full disk leaves the old file or the new one,
-never half of one; a script's files are renamed into place as one set, so they are all of one
-run; what is read back (a history, a checkpoint) is checked before it is used.
+Keeps safe: every file a script writes. A script's files are written under temporary names and
+renamed into place as one set, so a crash, a kill or a full disk leaves the old set or the new
+one, never half of one; what is read back (a history, a checkpoint) is checked before it is used.
 """
 import errno
 import json
 import os
 import pickle
-import pickletools
 import re
 import signal
 import tempfile
@@ -30,17 +28,13 @@ except ImportError:
 
 from plumbing.errors import BadFile, WriteError, fail, interrupt_in
 
-# No history of these scripts holds a loss per image this large (an untrained network's is 2.3).
-LARGEST_LOSS = 1000.0
-
 
 # ------------------------------------------------------------------------------------ safe writes
 
 @contextmanager
 def locked(folder):
-    """The scripts' lock on `folder` (flock on its file .write.lock, where the system has flock):
-    two runs writing there at once write their files one after the other, each set whole. A
-    temporary file found there meanwhile is a killed writer's (kill -9): it is removed."""
+    """The scripts' lock on `folder` (flock, where the system has it): two runs writing there write
+    their sets one after the other. A killed writer's temporary files found there are removed."""
     if fcntl is None:                                     # Windows: no lock between processes
         yield
         return
@@ -54,77 +48,69 @@ def locked(folder):
 
 @contextmanager
 def atomic_write(path):
-    """Open `path` for writing under a temporary name, renamed into place only when complete:
-    a crash, a kill or an exception at any moment leaves the old file or the new one, never half
-    of one. A full disk, a lost permission or a serializer's error becomes a WriteError."""
+    """`with atomic_write(path) as f:` writes `path` as a set of one file: an exception inside the
+    block leaves the old file; a failure to write is a WriteError."""
     path = Path(path)
-    tmp = temporary_name(path)
-    try:
-        with _write_errors(path), locked(path.parent):
-            with open(tmp, "xb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        with suppress(OSError):         # a failed cleanup never hides the failure that caused it
-            tmp.unlink(missing_ok=True)
+    with _one_set([path]) as (temporary, kept), _synced(path, temporary[0], kept) as f:
+        yield f
 
 
 def write_set(writers):
-    """Write several files as one set ({path: write(f)}) into one folder: each under a temporary
-    name, then all renamed into place together, with Ctrl-C and signals held off for those few
-    renames, and the folder locked (locked()) throughout. A failure or a stop before leaves every
-    file as it was; a WriteError or a KeyboardInterrupt says so in its .outcome, or names the
-    files of the set that are not this run's."""
+    """Write several files ({path: write(f)}) into one folder as one set. A WriteError or a
+    KeyboardInterrupt says in its .outcome which files are this run's."""
     paths = [Path(path) for path in writers]
     if not paths:
         return
+    with _one_set(paths) as (temporary, kept):
+        for path, tmp, write in zip(paths, temporary, writers.values()):
+            with _synced(path, tmp, kept) as f:
+                write(f)
+
+
+@contextmanager
+def _one_set(paths):
+    """Temporary names for `paths` and what a failure leaves; after the block, all renamed into
+    place, with stops held off for the renames. The folder is locked throughout."""
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
             "from an earlier run" if len(paths) > 1 else "the file was left as it was")
-    temporary = {}
+    temporary = [temporary_name(path) for path in paths]
     try:
         with _write_errors(paths[0], kept), locked(paths[0].parent):
-            _write_locked(paths, writers, temporary, kept)
+            for path in paths:
+                if path.is_dir():          # found now, before any file of the set is replaced
+                    error = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+                    raise WriteError(path, error, kept)
+            try:
+                yield temporary, kept
+            except KeyboardInterrupt as stop:
+                stop.outcome = kept
+                raise
+            with _signals_held():
+                for n, (path, tmp) in enumerate(zip(paths, temporary)):
+                    # the files before the n-th are new, the rest not
+                    half = (f"saved: {', '.join(p.name for p in paths[:n])}; not saved: "
+                            f"{', '.join(p.name for p in paths[n:])}, so those of them in "
+                            f"{paths[0].parent} are an earlier run's (stale)")
+                    with _write_errors(path, half if n else kept):
+                        os.replace(tmp, path)
     finally:
-        for tmp in temporary.values():
-            with suppress(OSError):
+        for tmp in temporary:
+            with suppress(OSError):     # a failed cleanup never hides the failure that caused it
                 tmp.unlink(missing_ok=True)
 
 
-def _write_locked(paths, writers, temporary, kept):
-    """write_set's work, the folder locked: the temporary files, then the renames."""
-    for path in paths:
-        if path.is_dir():          # found now, before any file of the set is replaced
-            raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)),
-                             kept)
-    try:
-        for path, write in zip(paths, writers.values()):
-            tmp = temporary[path] = temporary_name(path)
-            with _write_errors(path, kept), open(tmp, "xb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-    except KeyboardInterrupt as stop:
-        stop.outcome = kept
-        raise
-    with _signals_held():
-        for n, path in enumerate(paths):
-            with _write_errors(path, _half_saved(paths, n) if n else kept):
-                os.replace(temporary[path], path)
-
-
-def _half_saved(paths, n):
-    """What became of a set whose n-th rename failed: the files before it are new, the rest not."""
-    return (f"saved: {', '.join(p.name for p in paths[:n])}; not saved: "
-            f"{', '.join(p.name for p in paths[n:])}, so those of them in {paths[0].parent} are an "
-            "earlier run's (stale)")
+@contextmanager
+def _synced(path, tmp, outcome):
+    """The temporary file `tmp` of `path`, open for the block to write, then synced to disk."""
+    with _write_errors(path, outcome), open(tmp, "xb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def temporary_name(path):
-    """A name beside `path` for writing it, used by no other writer: not by another process, nor
-    by one of another host or container sharing the folder, where the same PID can run."""
+    """A name beside `path` used by no other writer, even one on another host sharing the folder."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
 
 
@@ -133,7 +119,7 @@ LOCK = ".write.lock"
 
 
 @contextmanager
-def _write_errors(path, outcome="the file was left as it was"):
+def _write_errors(path, outcome):
     """Any failure to write `path` as a WriteError that names its cause; a Ctrl-C or a signal that
     torch.save wrapped in a RuntimeError as the stop it is."""
     try:
@@ -148,7 +134,8 @@ def _write_errors(path, outcome="the file was left as it was"):
 @contextmanager
 def _signals_held():
     """Ctrl-C, SIGTERM and SIGHUP held off while the block runs, then raised as they would have
-    been: a set of files is renamed into place whole. Only the main thread handles signals."""
+    been: a set is renamed into place whole. Only the main thread handles signals."""
+    # Not signal.pthread_sigmask: it holds them off one thread only, and torch's threads take them.
     caught, held = [], {}
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
@@ -209,9 +196,8 @@ def prepare_out_dir(out_dir):
 # -------------------------------------------------------------------------------- a run's history
 
 def keep_weights(weights, model, epoch, earlier_losses):
-    """common.train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added, for the
-    checkpoints: kept besides, the epoch before and the best one before it, which a Ctrl-C landing
-    before this epoch is recorded still needs. At most three epochs are held."""
+    """common.train()'s weights (epoch -> state_dict) with a copy of `epoch`'s added; besides, only
+    the epoch before and the best one before it are kept, which a Ctrl-C may still need."""
     best = 0                                  # the best epoch before this one; 0: none yet
     if earlier_losses:
         best = 1 + earlier_losses.index(min(earlier_losses))
@@ -236,7 +222,7 @@ def history(run):
 
 def save_run(name, run, dropout, out_dir, plot=None):
     """Write NAME_history.json, NAME.pt (the last epoch), NAME_best.pt (lowest validation loss) and
-    the figure `plot` as NAME_loss.png, as one set (write_set)."""
+    the figure `plot` as NAME_loss.png, as one set; a WriteError says what became of them."""
     if not run.epochs:
         print("No epoch was completed: nothing to save.")
         return
@@ -249,19 +235,14 @@ def save_run(name, run, dropout, out_dir, plot=None):
                                                                 metrics(run, best)), f)}
     if plot is not None:
         files[f"{name}_loss.png"] = partial(write_figure, plot)
-    try:
-        write_set({out_dir / filename: write for filename, write in files.items()})
-    except WriteError as e:
-        fail(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and train again.", 1)
+    write_set({out_dir / filename: write for filename, write in files.items()})
     print(f"Saved {last} epoch{'s' * (last != 1)} to {out_dir}: {name}_history.json, {name}.pt "
           f"(epoch {last}), {name}_best.pt (epoch {best}){f', {name}_loss.png' * bool(plot)}")
 
 
 def check_same_run(checkpoint_path, checkpoint, history_path, redo):
-    """BadFile, ending with `redo`, unless a last-epoch checkpoint (NAME.pt, as read_checkpoint
-    returns it) holds the numbers of the last epoch of the history beside it, as one save_run
-    writes them: pictures of both would otherwise show two runs as one. A history that cannot be
-    read is not compared: nothing of it is shown."""
+    """BadFile, ending with `redo`, unless NAME.pt holds the last epoch of the history beside it,
+    as one save_run writes them. A history that cannot be read is not compared."""
     try:
         h = read_history(history_path)
     except BadFile:
@@ -276,35 +257,34 @@ def check_same_run(checkpoint_path, checkpoint, history_path, redo):
 
 
 def read_history(path):
-    """A history written by save_run, as a dict of common.Run's fields; BadFile saying why when the
-    file cannot be one."""
+    """A history written by save_run, as a dict of common.Run's fields; BadFile saying why not."""
     path = Path(path)
     if not path.is_file():                         # a folder or a pipe would not do either
         raise BadFile(f"{path.name} is not in {path.parent}")
-    if path.stat().st_size > 2 ** 20:              # a history of 30 epochs takes 2 KB
-        raise BadFile(f"{path} is larger than any history of these scripts")
-    try:
-        h = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as e:
-        raise BadFile(f"{path} cannot be read as JSON ({type(e).__name__})") from None
-    keys = ("train_losses", "test_losses", "accuracies", "seconds")
-    if not isinstance(h, dict) or h.get("validated_on") not in ("test", "validation") \
-            or not all(isinstance(h.get(k), list) for k in keys):
-        raise BadFile(f"{path} is not a history of these scripts")
-    highest = {"train_losses": LARGEST_LOSS, "test_losses": LARGEST_LOSS, "accuracies": 1,
-               "seconds": 1e6}
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= highest[k]
-               for k in keys for x in h[k]):
-        raise BadFile(f"{path} holds something else than losses, accuracies and seconds")
-    if not h["test_losses"] or len({len(h[k]) for k in keys}) != 1:
-        raise BadFile(f"{path} holds no epoch, or lists of different lengths")
-    return {"validated_on": h["validated_on"], **{k: [float(x) for x in h[k]] for k in keys}}
+    h = None
+    if path.stat().st_size <= 2 ** 20:             # a history of 30 epochs takes 2 KB
+        try:
+            h = json.loads(path.read_bytes())
+        except OSError as e:
+            raise BadFile(f"{path} cannot be read ({e.strerror})") from None
+        except (ValueError, RecursionError):       # not JSON, or nested too deep
+            pass
+    # Each list, with the largest value it may hold: no loss per image of these scripts is near
+    # 1000 (an untrained network's is 2.3).
+    lists = {"train_losses": 1000.0, "test_losses": 1000.0, "accuracies": 1, "seconds": 1e6}
+    if not (isinstance(h, dict) and h.get("validated_on") in ("test", "validation")
+            and all(isinstance(h.get(k), list) for k in lists)
+            and h["test_losses"] and len({len(h[k]) for k in lists}) == 1
+            and all(type(x) in (int, float) and 0 <= x <= most       # a bool is not a number
+                    for k, most in lists.items() for x in h[k])):
+        raise BadFile(f"{path} is not a history these scripts write, with a loss, an accuracy "
+                      "and seconds for each epoch")
+    return {"validated_on": h["validated_on"], **{k: [float(x) for x in h[k]] for k in lists}}
 
 
 # ------------------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path, state_dict, dropout, metrics):
-    """Write checkpoint(...) to `path`."""
     with atomic_write(path) as f:
         torch.save(checkpoint(state_dict, dropout, metrics), f)
 
@@ -326,9 +306,8 @@ def load_checkpoint(path, network, device):
 
 
 def read_checkpoint(path, network, device):
-    """The network of a checkpoint, a `network` (common.FashionNeuralNetwork) in eval mode, and the
-    checkpoint, or a state_dict of it saved elsewhere (dropout and epoch None); BadFile unless it
-    would give numbers: the network's shape, finite weights, a dropout in [0, 1), a whole epoch."""
+    """A `network` in eval mode from a checkpoint of these scripts, or from a state_dict saved
+    elsewhere (dropout and epoch None), and the checkpoint; BadFile unless it would give numbers."""
     path = Path(path).expanduser()
     another = "pass another --checkpoint"
     if not path.is_file():
@@ -342,61 +321,54 @@ def read_checkpoint(path, network, device):
     if size > 50 * 2 ** 20:
         raise BadFile(f"{path} unpacks to {size // 2 ** 20} MB, where a checkpoint of this "
                       f"network holds about 1 MB: {another}.")
+    unusable = BadFile(f"{path} is empty, truncated or not a checkpoint of these scripts, nor a "
+                       f"state_dict of weights: {another}.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception:
-        if _pickles_a_module(path):
-            raise BadFile(f"{path} holds a whole pickled model (torch.save(model)), which could "
-                          "run any code when loaded, so the scripts load only weights: save those "
-                          "in the notebook with torch.save(model.state_dict(), 'checkpoint.pth') "
-                          "and pass that file.") from None
-        raise BadFile(f"{path} is empty, truncated or not a PyTorch checkpoint: {another}.") \
-            from None
+    except Exception as e:
+        # what weights_only refuses to unpickle (a class, a function) it names as a GLOBAL
+        if not (isinstance(e, pickle.UnpicklingError) and "GLOBAL " in str(e)):
+            raise unusable from None
+        raise BadFile(f"{path} holds a pickled Python object, not only weights (a whole model, if "
+                      "torch.save(model) saved it), which could run any code when loaded, so the "
+                      "scripts load only weights: save those in the notebook with torch.save("
+                      "model.state_dict(), 'checkpoint.pth') and pass that file.") from None
     ours = isinstance(checkpoint, dict) and {"state_dict", "dropout", "epoch"} <= checkpoint.keys()
     found = _state_dict_in(checkpoint)
     if not ours and found is None:
-        raise BadFile(f"{path} is not a checkpoint of these scripts (it lacks state_dict, "
-                      f"dropout and epoch), nor a state_dict of weights: {another}.")
+        raise unusable
     if not ours:
-        checkpoint = {"state_dict": found[0], "dropout": None, "epoch": None}   # saved elsewhere
-    elif found is not None:
-        checkpoint = dict(checkpoint, state_dict=found[0])
-    checkpoint["wrapper"] = found and found[1]            # torch.compile or DataParallel, or None
+        checkpoint = {"dropout": None, "epoch": None}        # a state_dict saved elsewhere
     ours_classes = list(datasets.FashionMNIST.classes)
     classes = checkpoint.get("classes", ours_classes)
     if classes != ours_classes:
         raise BadFile(f"{path} holds a network for other classes ({_some(classes)}), not "
                       f"Fashion-MNIST's ({_some(ours_classes)}): {another}.")
+    dropout, epoch = checkpoint["dropout"], checkpoint["epoch"]
     redo = ("train again to write a fresh one, or pass another --checkpoint" if ours
             else f"save the network's state_dict again, or {another}")
-    dropout, epoch, state = checkpoint["dropout"], checkpoint["epoch"], checkpoint["state_dict"]
-    if ours and not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
-                     and 0 <= dropout < 1):
-        raise BadFile(f"{path} holds a dropout of {dropout!r}, not a probability from 0 up to 1: "
-                      f"{redo}.")
-    if ours and not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-        raise BadFile(f"{path} holds an epoch of {epoch!r}, not a whole number: {redo}.")
-    expected = list(network().state_dict())
-    if isinstance(state, dict) and set(state) != set(expected):
-        raise BadFile(f"{path} holds the weights of another network: its state_dict has "
-                      f"the keys {_some(state)}, where the tutorial's 784-256-128-64-10 network "
-                      f"has the keys {_some(expected)}; pass a state_dict of that network, or "
-                      "another --checkpoint.")
+    if ours and not (found and type(dropout) in (int, float) and 0 <= dropout < 1
+                     and type(epoch) is int and epoch >= 0):         # a bool is not a number
+        raise BadFile(f"{path} holds a record of these scripts that is broken (dropout "
+                      f"{dropout!r}, epoch {epoch!r}: a dropout is from 0 up to 1, an epoch a "
+                      f"whole number, and the state_dict holds weights): {redo}.")
+    checkpoint = dict(checkpoint, state_dict=found[0], wrapper=found[1])
+    state = checkpoint["state_dict"]
     try:
         model = network(dropout=dropout or 0.0)          # dropout acts in train mode only
-        model.load_state_dict(state)
+        model.load_state_dict(state)                     # the same names, of the same shapes
     except Exception:
-        raise BadFile(f"{path} holds a network of another shape than 784-256-128-64-10: "
-                      f"{redo}.") from None
-    if not all(torch.isfinite(w).all() for w in model.state_dict().values()):
-        raise BadFile(f"{path} holds weights that are not numbers (NaN or infinite), as a "
-                      f"training that blew up leaves: {redo}.")
+        raise BadFile(f"{path} holds the weights of another network: its state_dict has "
+                      f"{_shapes(state)}, where the tutorial's 784-256-128-64-10 network has "
+                      f"{_shapes(network().state_dict())}: pass a state_dict of that network, or "
+                      "another --checkpoint.") from None
     with torch.no_grad():                # and they give numbers: for black, grey and white images
         probe = model.eval()(torch.tensor([-1.0, 0.0, 1.0]).view(3, 1).expand(3, 784))
-    if not torch.isfinite(probe).all():
-        raise BadFile(f"{path} holds weights so large that the network's answers are not numbers:"
-                      f" {redo}.")
+    if not (all(torch.isfinite(w).all() for w in state.values()) and torch.isfinite(probe).all()):
+        raise BadFile(f"{path} holds weights that are not numbers (NaN or infinite, or so large "
+                      "that the network's answers are not), as a training that blew up leaves: "
+                      f"{redo}.")
     return model.to(device).eval(), checkpoint
 
 
@@ -405,9 +377,8 @@ WRAPPERS = {"_orig_mod.": "torch.compile", "module.": "DataParallel"}
 
 
 def _state_dict_in(obj):
-    """The state_dict (names -> tensors) that `obj` is, or holds under "state_dict" as Udacity's
-    Part 6 saves one, and the wrapper whose prefix was taken off its names (None if none); None
-    when it is neither."""
+    """The state_dict that `obj` is, or holds as Udacity's Part 6 saves one, with a wrapper's
+    prefix taken off its names, and that wrapper (None if none); None when it holds none."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and
@@ -420,21 +391,13 @@ def _state_dict_in(obj):
     return obj, None
 
 
+def _shapes(state_dict):
+    """A state_dict's first names, each with its shape: layer_input.weight [256, 784], …"""
+    return _some(f"{name} {list(weights.shape)}" for name, weights in state_dict.items())
+
+
 def _some(names, most=8):
     """Names (a state_dict's keys, classes), the first `most` of them."""
     names = [str(name) for name in names]
     more = f" and {len(names) - most} more" if len(names) > most else ""
     return f"{', '.join(names[:most])}{more}"
-
-
-def _pickles_a_module(path):
-    """Whether a torch.save file holds a whole nn.Module (torch.save(model)): its pickle names a
-    module's own attributes, _parameters and _modules. The pickle is read, never run."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickle_name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
-            names = {arg for op, arg, _ in pickletools.genops(archive.read(pickle_name))
-                     if isinstance(arg, str)}
-    except Exception:                    # not a zip, no pickle in it, a pickle that is not whole
-        return False
-    return {"_parameters", "_modules"} <= names

@@ -115,7 +115,7 @@ class NotebookNetworkTests(TinyDataTestCase):
         # it is one
         self.assertIsInstance(torch.load(self.tmp / "model.pth", weights_only=False), nn.Module)
         err = self.assert_refused(inference, ["--checkpoint", self.tmp / "model.pth"],
-                                  "holds a whole pickled model",
+                                  "holds a pickled Python object, not only weights (a whole model",
                                   "torch.save(model.state_dict(), 'checkpoint.pth')")
         self.assertEqual(err.count("\n"), 1, err)
         self.assertNotIn("train again", err)

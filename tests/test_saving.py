@@ -312,7 +312,7 @@ class ReadBackTests(TinyDataTestCase):
         cases = {"empty.pt": "empty, truncated", "truncated.pt": "empty, truncated",
                  "text.pt": "empty, truncated",
                  "settings.pt": "not a checkpoint of these scripts",
-                 "other_shape.pt": "another shape"}
+                 "other_shape.pt": "another network"}
         for name, phrase in cases.items():
             with self.subTest(name):
                 self.assert_refused(inference, ["--checkpoint", self.tmp / name], phrase)
@@ -321,10 +321,11 @@ class ReadBackTests(TinyDataTestCase):
         self.train_script(baseline)
         good = torch.load(self.out_dir / "baseline.pt", weights_only=True)
         nan = {**good["state_dict"], "layer_output.bias": torch.full((10,), math.nan)}
-        cases = {"not numbers (NaN or infinite)": dict(good, state_dict=nan),
-                 "a dropout of 1.5": dict(good, dropout=1.5),
-                 "a dropout of True": dict(good, dropout=True),
-                 "an epoch of nan": dict(good, epoch=math.nan)}
+        cases = {"weights that are not numbers": dict(good, state_dict=nan),
+                 "broken (dropout 1.5,": dict(good, dropout=1.5),
+                 "broken (dropout True,": dict(good, dropout=True),
+                 "epoch nan:": dict(good, epoch=math.nan),
+                 "the state_dict holds weights): train again": dict(good, state_dict={})}
         for phrase, checkpoint in cases.items():
             with self.subTest(phrase):
                 torch.save(checkpoint, self.tmp / "bad.pt")
@@ -334,7 +335,7 @@ class ReadBackTests(TinyDataTestCase):
         huge = {k: v * 1e38 for k, v in good["state_dict"].items()}
         torch.save(dict(good, state_dict=huge), self.tmp / "huge.pt")
         self.assert_refused(inference, ["--checkpoint", self.tmp / "huge.pt"],
-                            "answers are not numbers")
+                            "weights that are not numbers")
         # 64 MB of zeros in a checkpoint whose zip is deflated: 64 KB on disk, refused unread.
         torch.save(dict(good, metrics={"pad": torch.zeros(2 ** 24)}), self.tmp / "big.pt")
         with zipfile.ZipFile(self.tmp / "big.pt") as source, \
@@ -343,7 +344,7 @@ class ReadBackTests(TinyDataTestCase):
                 bomb.writestr(member.filename, source.read(member))
         self.assertLess((self.tmp / "bomb.pt").stat().st_size, 2 ** 20)
         self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "unpacks to 64 MB")
-        torch.save(cases["not numbers (NaN or infinite)"], self.out_dir / "baseline.pt")
+        torch.save(cases["weights that are not numbers"], self.out_dir / "baseline.pt")
         out = self.train_script(dropout)
         self.assertIn("confidence.png not written: ", out)
         self.assertIn("not numbers", out)
