@@ -6,6 +6,7 @@ never told as an error, even when a library wraps it in one of its own.
 """
 import errno
 import sys
+from contextlib import suppress
 
 
 def fail(message, status=2):
@@ -14,7 +15,8 @@ def fail(message, status=2):
     stop = interrupt_in(sys.exc_info()[1])
     if stop:
         raise stop
-    print(f"error: {message}", file=sys.stderr)
+    with suppress(OSError):              # a standard error that cannot be written: the status
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
 
 
