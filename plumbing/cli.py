@@ -206,12 +206,11 @@ def make_training_parser(doc):
     """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH_SIZE + 1),
-                        default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE,
                         help=f"images per batch, at most {MAX_BATCH_SIZE} (half the training set)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="Adam's learning rate")
-    parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="random seed: the same seed gives the same run")
     add_device_arg(parser)
     return parser
@@ -243,14 +242,9 @@ def path_arg(text):
     return text
 
 
-def _number(kind, low, high=None, low_open=False):
-    """An argparse type for a number in [low, high) (or (low, high) when low_open), saying the
-    range when refused."""
-    if high is not None:
-        allowed = (f"from {low} to {high - 1}" if kind is int
-                   else f"from {low} up to but not including {high}")
-    else:
-        allowed = f"greater than {low}" if low_open else f"at least {low}"
+def _number(kind, allowed, inside):
+    """An argparse type for a number for which inside() holds; a refused one is told the numbers
+    `allowed`, in words."""
     what = "a whole number" if kind is int else "a number"
 
     def parse(text):
@@ -259,15 +253,16 @@ def _number(kind, low, high=None, low_open=False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}; use {what} {allowed}") \
                 from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or \
-                (high is not None and value >= high):
+        if not (math.isfinite(value) and inside(value)):
             raise argparse.ArgumentTypeError(f"{text} is out of range; use {what} {allowed}")
         return value
     return parse
 
 
-positive_int = _number(int, 1)
-positive_float = _number(float, 0, low_open=True)
-non_negative_int = _number(int, 0)
-non_negative_float = _number(float, 0)
-probability = _number(float, 0, 1)
+positive_int = _number(int, "at least 1", lambda n: n >= 1)
+positive_float = _number(float, "greater than 0", lambda x: x > 0)
+non_negative_int = _number(int, "at least 0", lambda n: n >= 0)
+non_negative_float = _number(float, "at least 0", lambda x: x >= 0)
+probability = _number(float, "from 0 up to but not including 1", lambda p: 0 <= p < 1)
+_batch_size = _number(int, f"from 1 to {MAX_BATCH_SIZE}", lambda n: 1 <= n <= MAX_BATCH_SIZE)
+_seed = _number(int, f"from 0 to {2 ** 64 - 1}", lambda n: 0 <= n < 2 ** 64)   # torch.manual_seed's
