@@ -221,8 +221,8 @@ def get_device(name):
     available = [d for d, ok in (("cuda", torch.cuda.is_available()),
                                  ("mps", torch.backends.mps.is_available()), ("cpu", True)) if ok]
     if name == "auto":
-        return torch.device(available[0])
-    if name not in available:
+        name = available[0]
+    elif name not in available:
         fail(f"--device {name} is not available on this machine; use --device auto or one of: "
              f"{', '.join(available)}.")
     return torch.device(name)

@@ -27,8 +27,7 @@ def interrupt_in(error):
 
 
 def _behind(error, kind):
-    """The first exception of `kind` in `error`'s chain (itself, then what it was raised from or
-    while handling), or None."""
+    """The first exception of `kind` in `error`'s chain (itself, its cause or context), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, kind):

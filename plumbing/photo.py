@@ -24,13 +24,13 @@ def prepare_image(path):
     background = border.median().item()
     # Negated, so that a garment on a light background comes out light on black, as in the data
     # set; and scaled so that the background, whatever its shade, becomes 0.
-    light = background > 127
-    if light:
+    if background > 127:
         pixels = (background - pixels) * (255 / background)
+        note = "negated: its background was light"
     else:
         pixels = (pixels - background) * (255 / max(255 - background, 1))
+        note = "as given: its background was dark"
     pixels = pixels.clamp(0, 255)
-    note = "negated: its background was light" if light else "as given: its background was dark"
     # Trimmed to the garment: the pixels further from the background than 5% of full intensity.
     garment = pixels > 0.05 * 255
     canvas = torch.zeros(28, 28)
