@@ -190,7 +190,7 @@ class EdgeNumberTests(TinyDataTestCase):
         self.assertIn("Lowest validation loss: 0.000", out)
         self.assertIn("Test set, once, with the weights of epoch 1", out)
 
-    def test_one_epoch_is_one_epoch(self):
+    def test_one_epoch_is_one_epoch_and_none_is_none(self):
         out = self.train_script(beyond, "--val-split", 60, "--final-fit")
         self.assertIn("Saved 1 epoch to", out)
         self.assertIn("for the 1 epoch chosen", out)
@@ -207,8 +207,7 @@ class EdgeNumberTests(TinyDataTestCase):
         self.assertEqual(status, 130)
         self.assertIn("Kept the 1 completed epoch;", err)
         self.assertIsNone(re.search(r"\b1 epochs\b", out + out2 + err))
-
-    def test_a_stop_in_the_first_epoch_says_that_none_was_kept(self):
+        # and a stop in the first epoch keeps none
         with mock.patch.object(baseline, "train", return_value=common.Run(stopped="interrupted")):
             status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
         self.assertEqual(status, 130)
