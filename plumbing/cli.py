@@ -102,7 +102,7 @@ def run_script(main):
     escaping = {}
     try:
         for signum, handler in handlers.items():
-            if handler is not signal.SIG_IGN:                 # under nohup, a hangup stays ignored
+            if handler is not signal.SIG_IGN:     # ignored where it started (nohup): it stays so
                 signal.signal(signum, _terminate)
         for stream in (sys.stdout, sys.stderr):     # a non-Latin path on an ASCII console: escaped
             with suppress(AttributeError, OSError, ValueError):    # not a text file, or closed
