@@ -9,23 +9,21 @@
     speed      fast training on the CPU: settings made only where they can be undone, or in a
                process of the script's own (python 02_baseline.py)
 
-Imports run one way: the lesson imports these modules; none of them imports the lesson. Each
-script imports plumbing first: what would stop torch or matplotlib from loading is said here in
-one sentence, before either is imported (below).
+Imports run one way: the lesson imports these modules; none imports the lesson. Each script
+imports plumbing first, so that what would stop torch or matplotlib from loading is said here.
 """
 import os
 import sys
+from contextlib import suppress
 
 from plumbing.errors import fail
 
 
 def _check_what_torch_needs():
-    """One sentence, not a library's traceback or its raw warning, for what stops the libraries
-    from loading: a working folder that was deleted (MKL cannot load then), a thread count that
-    is not a number, a missing package, a memory limit too low for torch's libraries."""
+    """One sentence, not a traceback, for what stops the libraries from loading."""
     try:
         os.getcwd()
-    except OSError:
+    except OSError:                      # MKL cannot load from a deleted folder
         fail("the folder this was started in no longer exists: cd to a folder that exists, and "
              "run again.")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -43,22 +41,19 @@ def _check_what_torch_needs():
              "memory limit (ulimit -v), raise it; otherwise reinstall torch.")
 
 
-# The scripts draw into files only: they need no backend of matplotlib's. But a notebook's kernel
-# names its own in MPLBACKEND for every program it starts (!python 01_data.py), and where that
-# backend is not installed, matplotlib refuses to import at all. So each script imports plumbing
-# first, and plumbing imports matplotlib without that name.
+# A notebook's kernel names its own backend in MPLBACKEND for every program it starts (!python
+# 01_data.py); where that backend is not installed, matplotlib refuses to import at all. The
+# scripts draw into files only, so plumbing imports matplotlib without that name.
 def _import_matplotlib_without_mplbackend():
-    """Import matplotlib with MPLBACKEND unset, then give the name back: to the environment, and to
-    matplotlib where it knows that backend, as matplotlib itself would have read it."""
+    """Import matplotlib with MPLBACKEND unset, then give the name back to the environment and,
+    where it knows that backend, to matplotlib."""
     backend = os.environ.pop("MPLBACKEND")
     try:
         import matplotlib
     finally:
         os.environ["MPLBACKEND"] = backend
-    try:
+    with suppress(ValueError):           # a backend this matplotlib does not know: none is needed
         matplotlib.rcParams["backend"] = backend
-    except ValueError:                   # a backend this matplotlib does not know: none is needed
-        pass
 
 
 if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):

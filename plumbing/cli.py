@@ -1,11 +1,9 @@
 """The command line: the flags every script shares, and the runner that turns a script's end into
 an exit status.
 
-Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely (its finished epochs
-saved, statuses 130, 143, 129); a closed pipe or terminal ends quietly; output the console cannot
-encode is escaped; run under %run, a script leaves the host's signal handlers as it found them;
-a bad flag value is refused in the parser's voice, saying the range it takes; a run that blew up
-is told what to change, from the settings it ran with.
+Keeps safe: the run's end. Ctrl-C, SIGTERM and SIGHUP stop a run politely; a closed pipe or
+terminal ends quietly; what the console cannot encode is escaped; under %run, the host's signal
+handlers are left as found; a bad flag value is refused with the range it takes.
 """
 import argparse
 import math
@@ -38,21 +36,19 @@ def exit_status(run):
 
 
 def say_how_it_stopped(run, diverged):
-    """After a run's summary, on standard error: a run that blew up (`diverged`: what was seen and
-    what to change), or one stopped by Ctrl-C or a signal, with what was kept."""
+    """After a run's summary, on standard error: why a run blew up (`diverged`: what was seen and
+    what to change), or what a stop by Ctrl-C or a signal kept."""
+    n = run.epochs
     if run.stopped == "diverged":
-        print(f"error: the training diverged at epoch {run.epochs + 1} {diverged}.",
-              file=sys.stderr)
+        print(f"error: the training diverged at epoch {n + 1} {diverged}.", file=sys.stderr)
     elif run.stopped:
-        print(f"Kept the {run.epochs} completed epoch{'s' * (run.epochs != 1)}; run again to "
-              "train all of them.", file=sys.stderr)
+        kept = f"Kept the {n} completed epoch{'s' * (n != 1)}" if n else "No epoch was completed"
+        print(f"{kept}; run again to train all of them.", file=sys.stderr)
 
 
 def divergence_advice(args):
-    """What to change after a training blew up, said from the settings in use: the learning rate
-    sizes every step; a batch smaller than the default makes more steps, each noisier. The ones
-    changed from their defaults are named; weight decay (refused where lr times it reaches 1) only
-    shrinks the weights, so it is named but never blamed."""
+    """What to change after a training blew up, said from the settings in use: those changed from
+    their defaults are named; weight decay only shrinks the weights, so it is never blamed."""
     settings = (("--lr", args.lr, DEFAULT_LR),
                 ("--batch-size", args.batch_size, DEFAULT_BATCH_SIZE),
                 ("--weight-decay", getattr(args, "weight_decay", 0.0), 0.0))
@@ -69,19 +65,23 @@ def divergence_advice(args):
 
 # ------------------------------------------------------------------------------- the script runner
 
+# The signals run_script makes a polite stop, each as common.train's Run.stopped names it
+STOP_SIGNALS = {signal.SIGTERM: "terminated"}           # kill, timeout, a container's stop
+if hasattr(signal, "SIGHUP"):                            # none on Windows
+    STOP_SIGNALS[signal.SIGHUP] = "hung up"              # the terminal closed
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, a container's stop) or SIGHUP (the terminal closed), raised where a
-    Ctrl-C would be: the same polite stop, with the shell's status for that signal."""
+    """SIGTERM or SIGHUP, raised where a Ctrl-C would be: the same polite stop."""
 
     def __init__(self, signum):
         super().__init__()
-        self.stopped = "hung up" if signum == signal.SIGHUP else "terminated"
-        self.status = 128 + signum
+        self.stopped = STOP_SIGNALS[signum]
 
 
 def _terminate(signum, frame):
-    if signum == signal.SIGHUP:     # the terminal is gone: what was to show there goes nowhere
-        _silence(*(s for s in (sys.stdout, sys.stderr) if s.isatty()))
+    if STOP_SIGNALS[signum] == "hung up":    # the terminal closed: its output goes nowhere
+        _silence(*(s for s in (sys.stdout, sys.stderr) if s and s.isatty()))
     raise Terminated(signum)
 
 
@@ -92,50 +92,40 @@ def _silence(*streams):
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-# The signals run_script turns into a polite stop: SIGTERM, and SIGHUP where there is one
-_STOP_SIGNALS = [signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")
-
-
 def run_script(main):
-    """Run a script's main() for the command line: its return value is the exit status. Ctrl-C,
-    SIGTERM and SIGHUP stop politely (130, 143, 129); a lost output ends quietly; an unreadable
-    path and a failed write end in one sentence. In a process of the script's own (python
-    02_baseline.py), the speed settings that cannot be undone are made first (plumbing/speed.py);
-    under %run or runpy, none: the host goes on after the script, and its signal handlers and its
-    streams' error handlers are put back as they were, however the script ends."""
+    """Run a script's main() for the command line: its return value is the exit status. In a
+    process of its own, the speed settings that cannot be undone are made first (speed.py); under
+    %run or runpy, none, and the host's signal and stream error handlers are put back after."""
     if speed.owns_process(main.__code__.co_filename):
         speed.for_own_process()
-    handlers = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
-    escaping = {s: _escape_what_cannot_be_encoded(s) for s in (sys.stdout, sys.stderr)}
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    escaping = {}
     try:
+        for signum, handler in handlers.items():
+            if handler is not signal.SIG_IGN:     # ignored where it started (nohup): it stays so
+                signal.signal(signum, _terminate)
+        for stream in (sys.stdout, sys.stderr):     # a non-Latin path on an ASCII console: escaped
+            with suppress(AttributeError, OSError, ValueError):    # not a text file, or closed
+                errors = stream.errors
+                stream.reconfigure(errors="backslashreplace")
+                escaping[stream] = errors
         _run(main)
     finally:
+        for stream in filter(None, (sys.stdout, sys.stderr)):
+            try:
+                stream.flush()
+            except OSError:
+                _silence(stream)
         for signum, handler in handlers.items():
             if handler is not None:              # None: set outside Python, cannot be put back
                 signal.signal(signum, handler)
-        for stream, previous in escaping.items():
-            if previous:
-                with suppress(OSError, ValueError):
-                    stream.reconfigure(errors=previous)
-
-
-def _escape_what_cannot_be_encoded(stream):
-    """Make `stream` write what its encoding cannot (a non-Latin path on an ASCII or Windows
-    console) as backslash escapes, not fail; return its error handler before, or None."""
-    previous = getattr(stream, "errors", None)
-    try:
-        stream.reconfigure(errors="backslashreplace")
-    except (AttributeError, OSError, ValueError):        # not a text file, or one already closed
-        return None
-    return previous
+        for stream, errors in escaping.items():
+            with suppress(OSError, ValueError):
+                stream.reconfigure(errors=errors)
 
 
 def _run(main):
     """run_script's work: main() run, its end turned into an exit status."""
-    signal.signal(signal.SIGTERM, _terminate)
-    hangup = getattr(signal, "SIGHUP", None)                 # none on Windows
-    if hangup and signal.getsignal(hangup) is not signal.SIG_IGN:     # nohup keeps it ignored
-        signal.signal(hangup, _terminate)
     try:
         status = main()
         if sys.stdout:                   # None when the script was started with stdout closed
@@ -144,30 +134,23 @@ def _run(main):
         with suppress(OSError):
             print(f"\nStopped: {getattr(stop, 'outcome', 'the files already written are complete')}"
                   ".", file=sys.stderr)
-        status = stop.status if isinstance(stop, Terminated) else 130
+        status = EXIT_STATUS[getattr(stop, "stopped", "interrupted")]
     except WriteError as e:
-        status = _say(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
+        fail(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
     except (MemoryError, RuntimeError) as e:
         asked = _memory_asked_for(e)
         if asked is None:                # a RuntimeError of another kind: a bug, with its traceback
             raise
-        status = _say(f"out of memory{asked}: pass a smaller --batch-size, close other programs, "
-                      "or use a machine with more memory.", 1)
+        fail(f"out of memory{asked}: pass a smaller --batch-size, close other programs, or use a "
+             "machine with more memory.", 1)
     except OSError as e:
-        if e.filename is None:           # print() failed: a closed pipe (| head), terminal or disk
-            _silence(sys.stdout)
-            if isinstance(e, BrokenPipeError):       # its reader has all it wanted: no message
-                status = 141
-            else:
-                status = _say(f"the output could not be written ({e.strerror or e}).", 1)
-        else:                            # a path that could not be checked or read
-            status = _say(f"cannot read {e.filename} ({e.strerror}): check the path and its "
-                          "permissions, or pass another.", 2)
-    for stream in filter(None, (sys.stdout, sys.stderr)):
-        try:
-            stream.flush()
-        except OSError:
-            _silence(stream)
+        if e.filename is not None:       # a path that could not be checked or read
+            fail(f"cannot read {e.filename} ({e.strerror}): check the path and its permissions, "
+                 "or pass another.")
+        _silence(sys.stdout)             # print() failed: a closed pipe (| head), terminal or disk
+        if not isinstance(e, BrokenPipeError):       # a closed pipe's reader has all it wanted
+            fail(f"the output could not be written ({e.strerror or e}).", 1)
+        status = 141
     sys.exit(status)
 
 
@@ -175,20 +158,13 @@ def _memory_asked_for(error):
     """For an allocation that failed (MemoryError, or torch's RuntimeError saying so), the size it
     asked for, in words (" (it asked for 96 MB)", or "" when unknown); None for any other error."""
     text = str(error)
-    if not isinstance(error, MemoryError) and "allocate" not in text and "out of memory" not in text:
+    if not (isinstance(error, MemoryError) or "allocate" in text or "out of memory" in text):
         return None
     found = re.search(r"allocate (\d+) bytes", text)          # the CPU's allocator
     if found:
         return f" (it asked for {int(found.group(1)) / 2 ** 20:,.0f} MB)"
     found = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text)     # CUDA's
     return f" (it asked for {found.group(1)})" if found else ""
-
-
-def _say(message, status):
-    """fail()'s sentence, for run_script, which has no caller left to stop: returns the status."""
-    with suppress(OSError):
-        print(f"error: {message}", file=sys.stderr)
-    return status
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -230,12 +206,11 @@ def make_training_parser(doc):
     """The flags of the training scripts: the tutorial's knobs, its values as defaults."""
     parser = make_parser(doc)
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    parser.add_argument("--batch-size", type=_number(int, 1, MAX_BATCH_SIZE + 1),
-                        default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE,
                         help=f"images per batch, at most {MAX_BATCH_SIZE} (half the training set)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="Adam's learning rate")
-    parser.add_argument("--seed", type=_number(int, 0, 2 ** 64), default=0,   # torch.manual_seed's
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="random seed: the same seed gives the same run")
     add_device_arg(parser)
     return parser
@@ -246,8 +221,8 @@ def get_device(name):
     available = [d for d, ok in (("cuda", torch.cuda.is_available()),
                                  ("mps", torch.backends.mps.is_available()), ("cpu", True)) if ok]
     if name == "auto":
-        return torch.device(available[0])
-    if name not in available:
+        name = available[0]
+    elif name not in available:
         fail(f"--device {name} is not available on this machine; use --device auto or one of: "
              f"{', '.join(available)}.")
     return torch.device(name)
@@ -267,14 +242,9 @@ def path_arg(text):
     return text
 
 
-def _number(kind, low, high=None, low_open=False):
-    """An argparse type for a number in [low, high) (or (low, high) when low_open), saying the
-    range when refused."""
-    if high is not None:
-        allowed = (f"from {low} to {high - 1}" if kind is int
-                   else f"from {low} up to but not including {high}")
-    else:
-        allowed = f"greater than {low}" if low_open else f"at least {low}"
+def _number(kind, allowed, inside):
+    """An argparse type for a number for which inside() holds; a refused one is told the numbers
+    `allowed`, in words."""
     what = "a whole number" if kind is int else "a number"
 
     def parse(text):
@@ -283,15 +253,16 @@ def _number(kind, low, high=None, low_open=False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}; use {what} {allowed}") \
                 from None
-        if not math.isfinite(value) or value < low or (low_open and value == low) or \
-                (high is not None and value >= high):
+        if not (math.isfinite(value) and inside(value)):
             raise argparse.ArgumentTypeError(f"{text} is out of range; use {what} {allowed}")
         return value
     return parse
 
 
-positive_int = _number(int, 1)
-positive_float = _number(float, 0, low_open=True)
-non_negative_int = _number(int, 0)
-non_negative_float = _number(float, 0)
-probability = _number(float, 0, 1)
+positive_int = _number(int, "at least 1", lambda n: n >= 1)
+positive_float = _number(float, "greater than 0", lambda x: x > 0)
+non_negative_int = _number(int, "at least 0", lambda n: n >= 0)
+non_negative_float = _number(float, "at least 0", lambda x: x >= 0)
+probability = _number(float, "from 0 up to but not including 1", lambda p: 0 <= p < 1)
+_batch_size = _number(int, f"from 1 to {MAX_BATCH_SIZE}", lambda n: 1 <= n <= MAX_BATCH_SIZE)
+_seed = _number(int, f"from 0 to {2 ** 64 - 1}", lambda n: 0 <= n < 2 ** 64)   # torch.manual_seed's

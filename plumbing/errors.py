@@ -5,9 +5,8 @@ WriteError carry their sentence up to the code that knows what to advise. A Ctrl
 never told as an error, even when a library wraps it in one of its own.
 """
 import errno
-import os
-import shutil
 import sys
+from contextlib import suppress
 
 
 def fail(message, status=2):
@@ -16,22 +15,22 @@ def fail(message, status=2):
     stop = interrupt_in(sys.exc_info()[1])
     if stop:
         raise stop
-    print(f"error: {message}", file=sys.stderr)
+    with suppress(OSError):              # a standard error that cannot be written: the status
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
 
 
 def interrupt_in(error):
-    """The KeyboardInterrupt (Ctrl-C, or plumbing.cli.Terminated) behind `error`, or None:
-    torch.save reports one that lands while it writes as a RuntimeError raised while handling it."""
-    return _behind(error, lambda e: isinstance(e, KeyboardInterrupt))
+    """The Ctrl-C or signal (a KeyboardInterrupt) behind `error`, or None: torch.save reports one
+    that lands while it writes as a RuntimeError raised while handling it."""
+    return _behind(error, KeyboardInterrupt)
 
 
-def _behind(error, wanted):
-    """The first exception of `error`'s chain (itself, then what it was raised from or while
-    handling) for which wanted() is true, or None."""
+def _behind(error, kind):
+    """The first exception of `kind` in `error`'s chain (itself, its cause or context), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if wanted(error):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -42,18 +41,17 @@ class BadFile(Exception):
     """A file the scripts read back that cannot be used; the message says which and why."""
 
 
-# Why a write failed, in words, and what to do: each errno its own. Only a full disk or a full
-# quota is a matter of space; any other errno is named as the system names it.
-_WRITE_FAILURES = {
-    errno.ENOSPC: ("", "Free some space on that disk"),
-    getattr(errno, "EDQUOT", -1): ("", "Free some space within your disk quota"),
-    errno.EFBIG: ("over the largest file this process may write", "Raise that limit (ulimit -f)"),
-    errno.ENOENT: ("its folder is gone", "Make that folder again"),
-    errno.EROFS: ("", "Remount that disk writable"),
-    errno.ENAMETOOLONG: ("", "Choose a shorter folder path"),
-    errno.EACCES: ("", "Make that folder writable"),
-    errno.EPERM: ("", "Make that folder and its files writable"),
-    errno.EISDIR: ("", "Move away the folder of that name"),
+# What to do about a failed write, by its errno: only a full disk or quota is a matter of space.
+_FIXES = {
+    errno.ENOSPC: "Free some space on that disk",
+    getattr(errno, "EDQUOT", -1): "Free some space within your disk quota",
+    errno.EFBIG: "Raise the largest file this process may write (ulimit -f)",
+    errno.ENOENT: "Check that the folder is there and that nothing removes files in it",
+    errno.EROFS: "Remount that disk writable",
+    errno.ENAMETOOLONG: "Choose a shorter folder path",
+    errno.EACCES: "Make that folder writable",
+    errno.EPERM: "Make that folder and its files writable",
+    errno.EISDIR: "Move away the folder of that name",
 }
 
 
@@ -63,25 +61,11 @@ class WriteError(Exception):
 
     def __init__(self, path, error, outcome="the file was left as it was"):
         # torch.save reports a failed write as "unexpected pos": the OSError behind it says why.
-        error = _behind(error, lambda e: isinstance(e, OSError) and e.strerror) or error
-        code = getattr(error, "errno", None)
-        if isinstance(error, OSError) and error.strerror:
-            about, self.fix = _WRITE_FAILURES.get(code, ("", "Check that disk and folder"))
-            reason = error.strerror
-            if code not in _WRITE_FAILURES:
-                reason += f", {errno.errorcode.get(code, f'errno {code}')}"
-            if code == errno.ENOENT and os.path.isdir(os.path.dirname(path)):
-                about, self.fix = ("its temporary file was removed while it was written",
-                                   "Check what removes files in that folder")
-            if code == errno.ENOSPC:
-                try:
-                    free = shutil.disk_usage(os.path.dirname(path)).free
-                    about = f"{free // 2 ** 20} MB free there"
-                except OSError:
-                    pass
-            reason += f": {about}" * bool(about)
+        error = _behind(error, OSError) or error
+        if getattr(error, "strerror", None):       # the system's words, then the errno's name
+            reason = f"{error.strerror}, {errno.errorcode.get(error.errno, error.errno)}"
         else:                     # not a system error: a serializer's, say, in its own words
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-            self.fix = "Check that disk and folder"
+        self.fix = _FIXES.get(getattr(error, "errno", None), "Check that disk and folder")
         super().__init__(f"could not write {path} ({reason})")
-        self.path, self.errno, self.outcome = path, code, outcome
+        self.outcome = outcome

@@ -15,23 +15,22 @@ from plumbing.errors import fail
 
 
 def prepare_image(path):
-    """A learner's own picture made as Fashion-MNIST's images were made from catalogue photos
-    (Xiao et al., 2017, section 2): negated when its background is light, trimmed to the garment,
-    its longest side scaled to 28 pixels, centred. Returns the image as the data set's are, uint8
-    (1, 28, 28), for common.normalize, and a note on what was done to it."""
+    """A learner's picture made as Fashion-MNIST's were made from catalogue photos (Xiao et al.,
+    2017, section 2): negated where its background is light, trimmed, scaled, centred. Returns it
+    as the data set's images are, uint8 (1, 28, 28), and a note on what was done to it."""
     path = Path(path).expanduser()
     pixels = _gray_pixels(_open_image(path), path)                      # (H, W) floats, 0 to 255
     border = torch.cat([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background = border.median().item()
     # Negated, so that a garment on a light background comes out light on black, as in the data
     # set; and scaled so that the background, whatever its shade, becomes 0.
-    light = background > 127
-    if light:
+    if background > 127:
         pixels = (background - pixels) * (255 / background)
+        note = "negated: its background was light"
     else:
         pixels = (pixels - background) * (255 / max(255 - background, 1))
+        note = "as given: its background was dark"
     pixels = pixels.clamp(0, 255)
-    note = "negated: its background was light" if light else "as given: its background was dark"
     # Trimmed to the garment: the pixels further from the background than 5% of full intensity.
     garment = pixels > 0.05 * 255
     canvas = torch.zeros(28, 28)
@@ -77,21 +76,15 @@ def _gray_pixels(image, path):
     """Any PIL image as grayscale floats (H, W) from 0 to 255; transparent parts white, as paper."""
     try:
         if image.mode in ("I", "F") or image.mode.startswith("I;16"):    # 16 and 32 bits a pixel
-            pixels = pil_to_tensor(image.convert("F"))[0]
+            pixels = pil_to_tensor(image.convert("F"))[0].nan_to_num(0, 0, 0)   # (H, W)
             low, high = pixels.min(), pixels.max()
-            if not (torch.isfinite(low) and torch.isfinite(high)):
-                pixels = pixels.nan_to_num(0, 0, 0)
-                low, high = pixels.min(), pixels.max()
             return ((pixels - low) * (255 / (high - low)) if high > low
                     else torch.full_like(pixels, 255.0))
-        if image.mode == "LAB":
-            return pil_to_tensor(image.getchannel("L"))[0].float()
-        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"),
-                                          image.convert("RGBA"))
+        if image.mode == "LAB":                          # its lightness: no conversion to L here
+            image = image.getchannel("L")
+        paper = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(paper, image.convert("RGBA"))    # any mode: none lost
         return pil_to_tensor(image.convert("L"))[0].float()
     except Exception:
         fail(f"{path} is a {image.mode} image, which cannot be made grayscale here: "
              "save it as PNG or JPEG and pass that to --image.")
-
-

@@ -19,7 +19,7 @@ from PIL import Image
 
 import common
 from common import FashionNeuralNetwork
-from plumbing import datafiles, saving
+from plumbing import cli, datafiles, saving
 from tests.tiny import (HERE, N_TEST, N_TRAIN, ChildRuns, ForkedRun, StrictRun, TinyDataTestCase,
                         baseline, beyond, data_step, dropout, inference, is_png, leftovers,
                         run_main)
@@ -190,7 +190,7 @@ class EdgeNumberTests(TinyDataTestCase):
         self.assertIn("Lowest validation loss: 0.000", out)
         self.assertIn("Test set, once, with the weights of epoch 1", out)
 
-    def test_one_epoch_is_one_epoch(self):
+    def test_one_epoch_is_one_epoch_and_none_is_none(self):
         out = self.train_script(beyond, "--val-split", 60, "--final-fit")
         self.assertIn("Saved 1 epoch to", out)
         self.assertIn("for the 1 epoch chosen", out)
@@ -207,6 +207,12 @@ class EdgeNumberTests(TinyDataTestCase):
         self.assertEqual(status, 130)
         self.assertIn("Kept the 1 completed epoch;", err)
         self.assertIsNone(re.search(r"\b1 epochs\b", out + out2 + err))
+        # and a stop in the first epoch keeps none
+        with mock.patch.object(baseline, "train", return_value=common.Run(stopped="interrupted")):
+            status, out, err = run_main(baseline, *self.paths(), "--epochs", 1)
+        self.assertEqual(status, 130)
+        self.assertIn("No epoch was completed; run again", err)
+        self.assertNotIn("Kept the 0", err)
 
     def test_04_with_no_mistakes_names_no_confused_pair(self):
         self.use_trained_dropout()
@@ -266,13 +272,15 @@ class StopTests(unittest.TestCase):
         self.assert_stopped_politely(signal.SIGHUP, 129, "Hung up during epoch")
 
     def test_under_nohup_a_hangup_stays_ignored(self):
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        try:
+        for sig in (signal.SIGHUP, signal.SIGTERM):          # as nohup, or a parent, left them
+            previous = signal.signal(sig, signal.SIG_IGN)
+            self.addCleanup(signal.signal, sig, previous)
+        with mock.patch.object(signal, "signal", wraps=signal.signal) as installed:
             status, out, err = run_main(baseline, "--help")
-            self.assertEqual(status, 0, err)
-            self.assertIs(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
-        finally:
-            signal.signal(signal.SIGHUP, previous)
+        self.assertEqual(status, 0, err)
+        self.assertNotIn(cli._terminate, [call.args[1] for call in installed.call_args_list])
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            self.assertIs(signal.getsignal(sig), signal.SIG_IGN)
 
 
 class StrictInterpreterTests(unittest.TestCase):
@@ -347,7 +355,6 @@ class BeforeTheRunnerTests(unittest.TestCase):
 
 class OutOfMemoryTests(unittest.TestCase):
     def test_an_allocation_that_fails_says_how_much_and_what_to_change(self):
-        from plumbing import cli
         cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
                            "allocate 100663296 bytes. Error code 12")
         for error, size in ((cpu, " (it asked for 96 MB)"), (MemoryError(), "")):
@@ -360,6 +367,5 @@ class OutOfMemoryTests(unittest.TestCase):
                              "memory.\n")
 
     def test_another_runtime_error_keeps_its_traceback(self):
-        from plumbing import cli
         with self.assertRaises(RuntimeError):
             cli.run_script(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
