@@ -5,6 +5,9 @@
 Prints the sizes of both splits, the classes and their counts, one batch's shape and the pixel
 range before and after normalisation; writes samples.png, a few training images of each class.
 """
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # finds plumbing/ under python -I
 from plumbing import cli, saving    # first of all: see plumbing/__init__.py
 
 import torch

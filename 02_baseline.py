@@ -7,6 +7,9 @@ NLLLoss and Adam, as the tutorial does. Watch the validation loss turn upward wh
 loss keeps falling: overfitting. Writes baseline_loss.png, baseline_history.json, baseline.pt
 (last epoch) and baseline_best.pt (lowest validation loss) to the output folder.
 """
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # finds plumbing/ under python -I
 from plumbing import cli, saving, speed    # first of all: see plumbing/__init__.py
 
 import torch

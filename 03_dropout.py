@@ -8,6 +8,9 @@ the two losses stay together. Writes dropout_loss.png, dropout_history.json, dro
 dropout_best.pt; then, when 02_baseline.py has run, the conclusion: baseline_vs_dropout.png, and
 confidence.png, how sure each network is against how often it is right.
 """
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # finds plumbing/ under python -I
 from plumbing import cli, errors, saving, speed    # first of all: see plumbing/__init__.py
 
 import torch

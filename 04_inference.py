@@ -7,6 +7,9 @@ torch.save(model.state_dict(), 'checkpoint.pth')), shows one test image, or your
 --image, beside its 10 class probabilities (inference.png or inference_image.png), then measures
 the whole test set: accuracy per class, confusion_matrix.png and mistakes.png.
 """
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # finds plumbing/ under python -I
 from plumbing import cli, photo, saving    # first of all: see plumbing/__init__.py
 
 from pathlib import Path

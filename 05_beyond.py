@@ -12,9 +12,11 @@ beyond_history.json, beyond.pt and beyond_best.pt; with --sweep-dropout instead,
 dropout_sweep.png and dropout_sweep.json; with --final-fit, also beyond_final.pt.
 docs/beyond.md has the measured results.
 """
+import os
+import sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # finds plumbing/ under python -I
 from plumbing import cli, errors, saving, speed    # first of all: see plumbing/__init__.py
 
-import sys
 from functools import partial
 
 import torch

@@ -12,6 +12,7 @@
 Imports run one way: the lesson imports these modules; none imports the lesson. Each script
 imports plumbing first, so that what would stop torch or matplotlib from loading is said here.
 """
+import importlib.util
 import os
 import sys
 from contextlib import suppress
@@ -33,12 +34,15 @@ def _check_what_torch_needs():
                  "2, or unset it.")
     try:
         import torch, torchvision    # noqa: F401, E401  (only to see that they load)
+        missing = None if importlib.util.find_spec("matplotlib") else "matplotlib"
     except ModuleNotFoundError as e:
-        fail(f"this Python ({sys.executable}) has no {e.name}: install what the scripts need, with "
-             "pip install -r requirements.txt, or run them with the Python that has it.")
+        missing = e.name
     except (ImportError, OSError) as e:
         fail(f"torch's libraries could not be loaded ({str(e).splitlines()[0][:200]}): under a "
              "memory limit (ulimit -v), raise it; otherwise reinstall torch.")
+    if missing:
+        fail(f"this Python ({sys.executable}) has no {missing}: install what the scripts need, "
+             "with pip install -r requirements.txt, or run them with the Python that has it.")
 
 
 # A notebook's kernel names its own backend in MPLBACKEND for every program it starts (!python
@@ -56,7 +60,7 @@ def _import_matplotlib_without_mplbackend():
         matplotlib.rcParams["backend"] = backend
 
 
-if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):
-    _import_matplotlib_without_mplbackend()
 if sys.modules.get("torch") is None:
     _check_what_torch_needs()
+if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):
+    _import_matplotlib_without_mplbackend()

@@ -320,11 +320,13 @@ class BeforeTheRunnerTests(unittest.TestCase):
         for phrase in phrases:
             self.assertIn(phrase, err)
 
-    def test_a_python_without_torch(self):
-        code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
-                "runpy.run_path(sys.argv[0], run_name='__main__')")
-        self.assert_one_sentence(*script_says("02_baseline.py", "--help", code=code),
-                                 "has no torch", "pip install -r requirements.txt")
+    def test_a_python_without_torch_or_matplotlib(self):
+        for package in ("torch", "matplotlib"):
+            code = (f"import runpy, sys; sys.modules[{package!r}] = None; sys.argv = sys.argv[1:];"
+                    " runpy.run_path(sys.argv[0], run_name='__main__')")
+            with self.subTest(package=package):
+                self.assert_one_sentence(*script_says("02_baseline.py", "--help", code=code),
+                                         f"has no {package}", "pip install -r requirements.txt")
 
     def test_torchs_libraries_that_cannot_be_loaded(self):
         with tempfile.TemporaryDirectory() as fake:          # a torch whose libraries fail to map
@@ -339,6 +341,17 @@ class BeforeTheRunnerTests(unittest.TestCase):
         self.assert_one_sentence(*script_says("04_inference.py", "--help",
                                               env={"OMP_NUM_THREADS": "two"}),
                                  "OMP_NUM_THREADS is 'two'")
+
+    def test_an_interpreter_that_leaves_the_scripts_folder_off_the_path(self):
+        for flag in ("-I", "-P"):                 # isolated, safe path: sys.path[0] is not HERE
+            for script in ("01_data.py", "02_baseline.py", "03_dropout.py", "04_inference.py",
+                           "05_beyond.py"):
+                with self.subTest(flag=flag, script=script):
+                    result = subprocess.run([sys.executable, flag, str(HERE / script), "--help"],
+                                            cwd=tempfile.gettempdir(), capture_output=True,
+                                            text=True, timeout=120)
+                    self.assertEqual((result.returncode, result.stderr), (0, ""))
+                    self.assertIn("usage:", result.stdout)
 
     def test_a_working_folder_that_was_deleted(self):
         code = ("import os, runpy, sys, tempfile; d = tempfile.mkdtemp(); os.chdir(d); "
