@@ -171,10 +171,10 @@ def parse_args(argv):
                      "and every proportion it draws is 0, which mixes nothing; use 0 (off) or a "
                      f"number from {MIXUP_LOWEST:g} to {MIXUP_HIGHEST:.2g}")
     last = args.seed + args.seeds - 1                 # the last seed trained on (seeds())
-    if last > LAST_SEED:
+    if last > cli.LAST_SEED:
         parser.error(f"argument --seeds: {args.seeds} seeds from --seed {args.seed} end at {last}, "
-                     f"past torch.manual_seed's last, {LAST_SEED}: use --seeds "
-                     f"{LAST_SEED - args.seed + 1} or fewer, or a smaller --seed")
+                     f"past torch.manual_seed's last, {cli.LAST_SEED}: use --seeds "
+                     f"{cli.LAST_SEED - args.seed + 1} or fewer, or a smaller --seed")
     if args.sweep_dropout and len(set(args.sweep_dropout)) < len(args.sweep_dropout):
         parser.error("argument --sweep-dropout: each value once, please")
     if args.lr * args.weight_decay >= 1:       # AdamW multiplies each weight by 1 - lr * decay
@@ -349,7 +349,6 @@ def say_stopped(series, progress, run, which, shown, then, filename):
 # ------------------------------------------------------------------ seeds, means and their spread
 
 # The largest seed torch.manual_seed takes, as --seed's type allows it (plumbing.cli)
-LAST_SEED = 2 ** 64 - 1
 
 
 def seeds(args):

@@ -275,7 +275,8 @@ MUTANTS = [
            "tests.test_speed.ThreadRuleTests."
            "test_a_pause_between_two_steps_such_as_validation_does_not_count"),
     Mutant("threads: the early cut by the median of the first steps, which hides the stalls",
-           "plumbing/speed.py", "ThreadChooser._window_over", r"and typical\(self\.steps\) > SLOWER",
+           "plumbing/speed.py", "ThreadChooser._window_over",
+           r"and typical\(self\.steps\) > SLOWER",
            "and sorted(self.steps)[len(self.steps) // 2] > SLOWER",
            "tests.test_speed.ThreadRuleTests."
            "test_a_count_that_stalls_now_and_then_is_judged_by_what_it_costs"),

@@ -26,6 +26,7 @@ DEFAULT_LR, DEFAULT_BATCH_SIZE = 0.003, 64                     # the tutorial's
 # A training step holds about 10 kB per image of its batch: half the training set at once keeps
 # every run of every script under 1.5 GB (docs/speed.md); the whole set would reach 1.5 GB.
 MAX_BATCH_SIZE = 30000
+LAST_SEED = 2 ** 64 - 1                                         # torch.manual_seed's
 # How a run ended (common.train's Run.stopped) as the shell's exit status.
 EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
 
@@ -169,20 +170,11 @@ def _memory_asked_for(error):
 
 # ------------------------------------------------------------------------------------------ flags
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each help line ends with its default, except where there is none to state."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def make_parser(doc):
     """The flags every script has: where the data is and where the outputs go."""
     # doc is the script's docstring: None under python -OO, which drops docstrings.
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                     formatter_class=_HelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", type=path_arg, default=DEFAULT_DATA_DIR,
                         help="torchvision root; the IDX files live in DATA_DIR/FashionMNIST/raw/")
     parser.add_argument("--out-dir", type=path_arg, default=str(DEFAULT_OUT_DIR),
@@ -265,4 +257,4 @@ non_negative_int = _number(int, "at least 0", lambda n: n >= 0)
 non_negative_float = _number(float, "at least 0", lambda x: x >= 0)
 probability = _number(float, "from 0 up to but not including 1", lambda p: 0 <= p < 1)
 _batch_size = _number(int, f"from 1 to {MAX_BATCH_SIZE}", lambda n: 1 <= n <= MAX_BATCH_SIZE)
-_seed = _number(int, f"from 0 to {2 ** 64 - 1}", lambda n: 0 <= n < 2 ** 64)   # torch.manual_seed's
+_seed = _number(int, f"from 0 to {LAST_SEED}", lambda n: 0 <= n <= LAST_SEED)
