@@ -47,10 +47,7 @@ def ensure_raw_files(data_dir, download=True):
     needed = {name: problem for name in RAW_FILES if (problem := idx_problem(raw / name))}
     if not needed:
         return root
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create {raw} ({e.strerror}): pass a folder you can write to with --data-dir.")
+    raw.mkdir(parents=True, exist_ok=True)      # if it cannot be, cli.run_script names the path
     env = os.environ.get("FASHION_MNIST_DIR")
     copy = Path(env).expanduser() if env else SYSTEM_COPY       # the local copy
     for name, problem in list(needed.items()):

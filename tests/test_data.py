@@ -66,6 +66,20 @@ class DataFileTests(TinyDataTestCase):
         self.assertEqual(err.splitlines()[1:], ["The download failed: --no-download was given"],
                          "no traceback")
 
+    def test_a_data_dir_whose_raw_folder_cannot_be_made_is_one_sentence(self):
+        (self.tmp / "a-file").write_text("")
+        folders = {"a file in the way": self.tmp / "a-file" / "data"}
+        if os.geteuid() != 0:                           # root writes into a read-only folder
+            locked = self.tmp / "locked"
+            locked.mkdir(mode=0o555)
+            folders["a read-only folder"] = locked / "data"
+        for case, folder in folders.items():
+            with self.subTest(case):
+                err = self.assert_refused(data_step, ["--data-dir", folder], "cannot read",
+                                          "check the path and its permissions, or pass another.")
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn(str(folder.parent), err)
+
 
 class DamagedDataTests(TinyDataTestCase):
     """A damaged file is unpacked again or named, and nothing is half written; damaged contents
