@@ -66,10 +66,24 @@ class DataFileTests(TinyDataTestCase):
         self.assertEqual(err.splitlines()[1:], ["The download failed: --no-download was given"],
                          "no traceback")
 
+    def test_a_data_dir_whose_raw_folder_cannot_be_made_is_one_sentence(self):
+        (self.tmp / "a-file").write_text("")
+        folders = {"a file in the way": self.tmp / "a-file" / "data"}
+        if os.geteuid() != 0:                           # root writes into a read-only folder
+            locked = self.tmp / "locked"
+            locked.mkdir(mode=0o555)
+            folders["a read-only folder"] = locked / "data"
+        for case, folder in folders.items():
+            with self.subTest(case):
+                err = self.assert_refused(data_step, ["--data-dir", folder], "cannot read",
+                                          "check the path and its permissions, or pass another.")
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn(str(folder.parent), err)
+
 
 class DamagedDataTests(TinyDataTestCase):
     """A damaged file is unpacked again or named, and nothing is half written; damaged contents
-    (labels, counts, a gzip bomb) and a processed/ folder are refused in one sentence."""
+    (counts, a gzip bomb) and a processed/ folder are refused in one sentence."""
 
     def truncate(self, path):
         path.write_bytes(path.read_bytes()[:1000])
@@ -139,43 +153,12 @@ class DamagedDataTests(TinyDataTestCase):
         self.assertFalse(self.raw().exists())
         self.assertEqual(leftovers(self.data_dir), [])
 
-    def test_images_and_labels_that_do_not_match_are_refused(self):
-        self.load()
-        self.raw("t10k-labels-idx1-ubyte").write_bytes(idx_bytes(torch.zeros(N_TEST - 1,
-                                                                             dtype=torch.uint8)))
-        self.assert_refused(data_step, [], f"the test split in {self.data_dir} is not 28x28 images "
-                            "with as many labels, 0 to 9: replace its files in FashionMNIST/raw/")
-
-    def test_a_subsets_file_of_the_wrong_kind_or_cut_short_is_refused(self):
-        # a subset's files have no digest: what torchvision makes of them is checked
-        self.load()
-        labels = self.raw("train-labels-idx1-ubyte").read_bytes()
-        for data in (labels, self.raw().read_bytes()[:1000]):
-            self.raw().write_bytes(data)
-            err = self.assert_refused(data_step, [],
-                                      f"torchvision cannot read Fashion-MNIST in {self.data_dir}",
-                                      "replace its files in FashionMNIST/raw/")
-            self.assertEqual(err.count("\n"), 1, err)
-
-    def test_labels_outside_0_to_9_and_counts_beyond_fashion_mnist_are_refused(self):
-        labels = self.splits["train"][1].clone()
-        labels[7] = 10
-
-        def no_labels(n):
-            return torch.zeros(n, dtype=torch.uint8)
-
-        cases = {"a label above 9": ({"train_labels_idx1_ubyte": idx_bytes(labels)},
-                                     "the training split in"),
-                 "0 items": ({"t10k_labels_idx1_ubyte": idx_bytes(no_labels(0))},
-                             "torchvision cannot read"),
-                 "70000 items": ({"train_labels_idx1_ubyte": idx_bytes(no_labels(70000))},
-                                 "the local copy")}
-        for case, (files, phrase) in cases.items():
-            with self.subTest(case):
-                self.local_copy(**files)
-                err = self.assert_refused(data_step, ["--data-dir", self.tmp / case], phrase)
-                self.assertEqual(err.count("\n"), 1, err)
-                self.assertEqual(leftovers(self.tmp), [])
+    def test_a_file_with_more_items_than_fashion_mnists_is_refused(self):
+        # larger than the data set's own file, so never taken as a subset's
+        self.local_copy(train_labels_idx1_ubyte=idx_bytes(torch.zeros(70000, dtype=torch.uint8)))
+        err = self.assert_refused(data_step, [], "the local copy")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertEqual(leftovers(self.tmp), [])
 
     def test_a_small_file_that_unpacks_to_gigabytes_is_refused_at_the_data_sets_size(self):
         # 300 MB of zeros behind a header for 100 labels: 300 KB packed. Unpacking it all first
