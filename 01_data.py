@@ -63,7 +63,7 @@ def main(argv=None):
           f"tensors: {same}")
 
     path = out_dir / "samples.png"
-    saving.save_figure(plot_samples(raw, traindataset.targets), path)
+    saving.save_figures({path: plot_samples(raw, traindataset.targets)})
     print(f"Wrote {path}")
     return 0
 

@@ -101,19 +101,15 @@ def compare_confidence(out_dir, testloader, device):
     Returns the figure, or None when a checkpoint cannot be used."""
     images, labels = testloader.dataset.tensors
     stats = {}
-    for name, stem, script in (("without dropout", "baseline", "02_baseline.py"),
-                               ("dropout", "dropout", "03_dropout.py")):
+    for name, stem in (("without dropout", "baseline"), ("dropout", "dropout")):
         filename = f"{stem}.pt"
         if not (out_dir / filename).is_file():
             print(f"confidence.png not written: {filename} is not in {out_dir} "
                   "(run 02_baseline.py first).")
             return None
         try:
-            model, checkpoint = saving.read_checkpoint(out_dir / filename, FashionNeuralNetwork,
+            model, checkpoint = saving.load_checkpoint(out_dir / filename, FashionNeuralNetwork,
                                                        device)
-            # Ours: its history must be of the same run, or the two pictures would mix runs
-            saving.check_same_run(out_dir / filename, checkpoint, out_dir / f"{stem}_history.json",
-                                  f"run {script} again")
         except errors.BadFile as e:
             print(f"confidence.png not written: {e}")
             return None

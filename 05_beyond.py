@@ -78,8 +78,9 @@ def main(argv=None):
             table[str(seed)] = {**saving.history(o["run"]), "test_accuracy": o["test_accuracy"]}
             if o["run"].stopped:
                 table[str(seed)]["stopped"] = o["run"].stopped
-        saving.write_json(out_dir / "beyond_seeds.json", table)
-        print(f"Wrote {out_dir / 'beyond_seeds.json'}")
+        path = out_dir / "beyond_seeds.json"
+        saving.write_set({path: lambda f: f.write(saving.json_bytes(table))})
+        print(f"Wrote {path}")
         run = outcomes[seed]["run"]                     # the last: the one that stopped, if one did
         if run.stopped:
             say_stopped("series of seeds", progress, run, f"seed {seed}", "tabled", "",
@@ -234,7 +235,8 @@ def final_fit(args, seed, dropout, epochs, trainloader, testloader, device, out_
                                             f"with the final fit's {plural(epochs, 'epoch')}")}
     if out_dir:
         path = out_dir / "beyond_final.pt"
-        saving.save_checkpoint(path, model.state_dict(), dropout, metrics)
+        checkpoint = saving.checkpoint(model.state_dict(), dropout, metrics)
+        saving.write_set({path: lambda f: torch.save(checkpoint, f)})
         print(f"Saved the final fit's network to {path}")
     return 0, metrics
 
@@ -649,7 +651,7 @@ def look_inside(args, device, out_dir):
               f"last epoch's mean), {train_loss:.3f} in eval mode at the end;  Test loss: "
               f"{test_loss:.3f};  Test accuracy: {test_accuracy:.3f}")
     path = out_dir / "weights.png"
-    saving.save_figure(plot_first_layers(networks, dead), path)
+    saving.save_figures({path: plot_first_layers(networks, dead)})
     print(f"Wrote {path}")
     return 0
 
@@ -661,11 +663,9 @@ def read_trained(out_dir, stem, script, device):
         errors.fail(f"--look-inside reads {stem}.pt, which is not in {out_dir}: run {script} "
                     f"with --out-dir {out_dir} first.")
     try:
-        model, checkpoint = saving.read_checkpoint(out_dir / f"{stem}.pt", FashionNeuralNetwork,
+        model, checkpoint = saving.load_checkpoint(out_dir / f"{stem}.pt", FashionNeuralNetwork,
                                                    device)
         history = saving.read_history(out_dir / f"{stem}_history.json")
-        saving.check_same_run(out_dir / f"{stem}.pt", checkpoint,
-                              out_dir / f"{stem}_history.json", f"run {script} again")
     except errors.BadFile as e:
         errors.fail(f"{e}")
     return model, checkpoint, history

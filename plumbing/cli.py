@@ -18,7 +18,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from plumbing import speed
-from plumbing.errors import WriteError, fail
+from plumbing.errors import BadFile, WriteError, fail
 
 DEFAULT_DATA_DIR = "~/.pytorch/F_MNIST_data/"                 # the tutorial's torchvision root
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "outputs"
@@ -138,6 +138,8 @@ def _run(main):
         status = EXIT_STATUS[getattr(stop, "stopped", "interrupted")]
     except WriteError as e:
         fail(f"{e}: {e.outcome}. {e.fix} or pass another --out-dir, and run again.", 1)
+    except BadFile as e:
+        fail(str(e))
     except (MemoryError, RuntimeError) as e:
         asked = _memory_asked_for(e)
         if asked is None:                # a RuntimeError of another kind: a bug, with its traceback

@@ -151,18 +151,8 @@ def _signals_held():
         held[caught[0]](caught[0], None)      # raises the stop: KeyboardInterrupt or Terminated
 
 
-def write_json(path, obj):
-    with atomic_write(path) as f:
-        f.write(json_bytes(obj))
-
-
 def json_bytes(obj):
     return (json.dumps(obj, indent=1) + "\n").encode()
-
-
-def save_figure(fig, path):
-    with atomic_write(path) as f:
-        write_figure(fig, f)
 
 
 def write_figure(fig, f):
@@ -240,35 +230,14 @@ def save_run(name, run, dropout, out_dir, plot=None):
           f"(epoch {last}), {name}_best.pt (epoch {best}){f', {name}_loss.png' * bool(plot)}")
 
 
-def check_same_run(checkpoint_path, checkpoint, history_path, redo):
-    """BadFile, ending with `redo`, unless NAME.pt holds the last epoch of the history beside it,
-    as one save_run writes them. A history that cannot be read is not compared."""
-    try:
-        h = read_history(history_path)
-    except BadFile:
-        return
-    m, v, n = checkpoint.get("metrics") or {}, h["validated_on"], len(h["test_losses"])
-    if (m.get("epoch"), m.get("train_loss"), m.get(f"{v}_loss")) != \
-            (n, h["train_losses"][-1], h["test_losses"][-1]):
-        raise BadFile(f"{Path(checkpoint_path).name} and {Path(history_path).name} in "
-                      f"{Path(history_path).parent} are from two different runs (the checkpoint "
-                      f"is not of the history's last epoch, {n}, with its losses; a save was cut "
-                      f"short, or two runs wrote there at once): {redo}.")
-
-
 def read_history(path):
-    """A history written by save_run, as a dict of common.Run's fields; BadFile saying why not."""
+    """A history written by save_run, as a dict of common.Run's fields; BadFile if it is not one."""
     path = Path(path)
-    if not path.is_file():                         # a folder or a pipe would not do either
-        raise BadFile(f"{path.name} is not in {path.parent}")
     h = None
-    if path.stat().st_size <= 2 ** 20:             # a history of 30 epochs takes 2 KB
-        try:
+    # Not a folder or a pipe (reading one waits for a writer); a history of 30 epochs takes 2 KB
+    if path.is_file() and path.stat().st_size <= 2 ** 20:
+        with suppress(OSError, ValueError, RecursionError):     # unreadable, not JSON, too deep
             h = json.loads(path.read_bytes())
-        except OSError as e:
-            raise BadFile(f"{path} cannot be read ({e.strerror})") from None
-        except (ValueError, RecursionError):       # not JSON, or nested too deep
-            pass
     # Each list, with the largest value it may hold: no loss per image of these scripts is near
     # 1000 (an untrained network's is 2.3).
     lists = {"train_losses": 1000.0, "test_losses": 1000.0, "accuracies": 1, "seconds": 1e6}
@@ -277,17 +246,12 @@ def read_history(path):
             and h["test_losses"] and len({len(h[k]) for k in lists}) == 1
             and all(type(x) in (int, float) and 0 <= x <= most       # a bool is not a number
                     for k, most in lists.items() for x in h[k])):
-        raise BadFile(f"{path} is not a history these scripts write, with a loss, an accuracy "
-                      "and seconds for each epoch")
+        raise BadFile(f"{path} is missing, cannot be read or is not a history these scripts "
+                      "write, with a loss, an accuracy and seconds for each epoch")
     return {"validated_on": h["validated_on"], **{k: [float(x) for x in h[k]] for k in lists}}
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path, state_dict, dropout, metrics):
-    with atomic_write(path) as f:
-        torch.save(checkpoint(state_dict, dropout, metrics), f)
-
 
 def checkpoint(state_dict, dropout, metrics):
     """A dict that rebuilds the network alone: weights, dropout, class names, epoch and metrics."""
@@ -297,17 +261,8 @@ def checkpoint(state_dict, dropout, metrics):
 
 
 def load_checkpoint(path, network, device):
-    """Rebuild the network from a checkpoint file alone, in eval mode (step 4); one sentence on
-    any problem."""
-    try:
-        return read_checkpoint(path, network, device)
-    except BadFile as e:
-        fail(str(e))
-
-
-def read_checkpoint(path, network, device):
-    """A `network` in eval mode from a checkpoint of these scripts, or from a state_dict saved
-    elsewhere (dropout and epoch None), and the checkpoint; BadFile unless it would give numbers."""
+    """Rebuild `network` from a checkpoint file alone, in eval mode (step 4): (model, checkpoint).
+    A state_dict saved elsewhere gives dropout and epoch None. BadFile unless it gives numbers."""
     path = Path(path).expanduser()
     another = "pass another --checkpoint"
     if not path.is_file():

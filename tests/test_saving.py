@@ -33,6 +33,11 @@ def as_script(body):
     return argparse.Namespace(main=lambda argv: body() or 0)
 
 
+def write_json(path, obj):
+    """`obj` written to `path` as JSON, as a set of one file, as 05 writes beyond_seeds.json."""
+    saving.write_set({path: lambda f: f.write(saving.json_bytes(obj))})
+
+
 class WriteErrorTests(TinyDataTestCase):
     """Each failed write says its own cause and what to do; the cleanup never hides it."""
 
@@ -58,7 +63,7 @@ class WriteErrorTests(TinyDataTestCase):
                 with mock.patch.object(saving, "open", side_effect=error, create=True), \
                         mock.patch.object(Path, "unlink",
                                           side_effect=OSError(code, os.strerror(code), "x.tmp")):
-                    status, out, err = run_main(as_script(lambda: saving.write_json(path, {})))
+                    status, out, err = run_main(as_script(lambda: write_json(path, {})))
                 self.assertEqual(status, 1, err)
                 self.assertEqual(err.count("\n"), 1, err)
                 self.assertIn(f"error: could not write {path} ({os.strerror(code)}, "
@@ -73,7 +78,7 @@ class WriteErrorTests(TinyDataTestCase):
                                side_effect=FileNotFoundError(errno.ENOENT,
                                                              "No such file or directory")), \
                 self.assertRaises(errors.WriteError) as caught:
-            saving.write_json(self.out_dir / "a.json", {})
+            write_json(self.out_dir / "a.json", {})
         self.assertIn("(No such file or directory, ENOENT)", str(caught.exception))
         self.assertEqual(caught.exception.fix,
                          "Check that the folder is there and that nothing removes files in it")
@@ -81,7 +86,7 @@ class WriteErrorTests(TinyDataTestCase):
     def test_a_name_too_long_is_told_as_such_not_as_its_temporary_files_cleanup(self):
         self.out_dir.mkdir()
         with self.assertRaises(errors.WriteError) as caught:       # a real ENAMETOOLONG, twice
-            saving.write_json(self.out_dir / ("x" * 250 + ".json"), {})
+            write_json(self.out_dir / ("x" * 250 + ".json"), {})
         self.assertIn("File name too long", str(caught.exception))
         self.assertEqual(caught.exception.fix, "Choose a shorter folder path")
 
@@ -97,7 +102,7 @@ class WriteErrorTests(TinyDataTestCase):
             resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))
             from plumbing import errors, saving
             try:
-                saving.write_json(sys.argv[1], {"losses": [0.5] * 50000})
+                saving.write_set({sys.argv[1]: lambda f: f.write(b"0.5, " * 50000)})
             except errors.WriteError as e:
                 print(f"{e} | {e.fix}")
         """
@@ -124,13 +129,14 @@ class WriteErrorTests(TinyDataTestCase):
             raise OSError("disk full")
 
         state = common.FashionNeuralNetwork().state_dict()
+        checkpoint = saving.checkpoint(state, 0.0, {"epoch": 9})
         with mock.patch.object(torch, "save",
                                save_half_then_fail), self.assertRaises(errors.WriteError):
-            saving.save_checkpoint(path, state, 0.0, {"epoch": 9})
+            saving.write_set({path: lambda f: torch.save(checkpoint, f)})
         self.assertEqual(path.read_bytes(), before)
         self.assertEqual(leftovers(self.out_dir), [])
         with self.assertRaises(TypeError):             # json cannot write an object
-            saving.write_json(self.out_dir / "new.json", {"x": object()})
+            write_json(self.out_dir / "new.json", {"x": object()})
         self.assertFalse((self.out_dir / "new.json").exists())
         self.assertEqual(leftovers(self.out_dir), [])
 
@@ -222,19 +228,6 @@ class RunSetTests(TinyDataTestCase):
                       "baseline.pt, baseline_best.pt, baseline_loss.png, so those of them in "
                       f"{self.out_dir} are an earlier run's (stale)", err)
         self.assertEqual(leftovers(self.out_dir), [])
-
-    def test_03_never_draws_baseline_files_of_two_runs_as_one(self):
-        self.train_script(baseline)
-        self.train_script(baseline, "--epochs", 2, "--out-dir", self.tmp / "other")
-        other = (self.tmp / "other" / "baseline.pt").read_bytes()
-        (self.out_dir / "baseline.pt").write_bytes(other)
-        out = self.train_script(dropout)
-        self.assertIn("confidence.png not written: baseline.pt and baseline_history.json in "
-                      f"{self.out_dir} are from two different runs", out)
-        self.assertIn("run 02_baseline.py again.", out)
-        self.assertFalse((self.out_dir / "confidence.png").exists())
-        # the history alone is one run
-        self.assertTrue(is_png(self.out_dir / "baseline_vs_dropout.png"))
 
     def test_04_writes_its_three_pictures_as_one_set(self):
         self.use_trained_dropout()
@@ -497,7 +490,7 @@ class OutputFolderTests(unittest.TestCase):
         stale.write_bytes(b"half")
         mine = self.tmp / "notes.tmp"                                # not a name of ours
         mine.write_text("keep")
-        saving.write_json(self.tmp / "history.json", {"a": 1})
+        write_json(self.tmp / "history.json", {"a": 1})
         self.assertFalse(stale.exists())
         self.assertTrue(mine.exists())
 
@@ -515,7 +508,7 @@ class CheckpointWrapperTests(unittest.TestCase):
         for prefix, wrapper in (("_orig_mod.", "torch.compile"), ("module.", "DataParallel")):
             path = self.tmp / f"{wrapper}.pth"
             torch.save({prefix + k: v for k, v in self.weights.items()}, path)
-            model, checkpoint = saving.read_checkpoint(path, self.network, torch.device("cpu"))
+            model, checkpoint = saving.load_checkpoint(path, self.network, torch.device("cpu"))
             self.assertEqual(checkpoint["wrapper"], wrapper)
             for k, v in model.state_dict().items():
                 self.assertTrue(torch.equal(v, self.weights[k]), k)
@@ -525,4 +518,4 @@ class CheckpointWrapperTests(unittest.TestCase):
         checkpoint["classes"] = [str(digit) for digit in range(10)]
         torch.save(checkpoint, self.tmp / "digits.pt")
         with self.assertRaisesRegex(saving.BadFile, "other classes"):
-            saving.read_checkpoint(self.tmp / "digits.pt", self.network, torch.device("cpu"))
+            saving.load_checkpoint(self.tmp / "digits.pt", self.network, torch.device("cpu"))

@@ -152,22 +152,16 @@ def keep_figures(test, write=False):
     PNG files only with `write`: other tests check the files, and writing them is most of a short
     run's time."""
     figures = {}
-    save_figure, save_figures = saving.save_figure, saving.save_figures
+    save_figures = saving.save_figures
 
-    def keep_one(fig, path):
-        figures[Path(path).name] = fig
-        if write:
-            save_figure(fig, path)
-
-    def keep_set(pictures):
+    def keep(pictures):
         figures.update({Path(path).name: fig for path, fig in pictures.items()})
         if write:
             save_figures(pictures)
 
-    for name, keep in (("save_figure", keep_one), ("save_figures", keep_set)):
-        patch = mock.patch.object(saving, name, keep)
-        patch.start()
-        test.addCleanup(patch.stop)
+    patch = mock.patch.object(saving, "save_figures", keep)
+    patch.start()
+    test.addCleanup(patch.stop)
     return figures
 
 
