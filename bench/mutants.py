@@ -245,7 +245,7 @@ MUTANTS = [
            "copy.deepcopy(model).eval()",
            "tests.test_speed.SameNumbersTests.test_the_check_draws_no_random_number_of_the_run"),
     Mutant("saving: two runs into one folder write their sets at once, mixed",
-           "plumbing/saving.py", "_one_set",
+           "plumbing/saving.py", "write_set",
            r"with _write_errors\(paths\[0\], kept\), locked\(paths\[0\]\.parent\):",
            "with _write_errors(paths[0], kept):",
            "tests.test_saving.OutputFolderTests."

@@ -14,7 +14,7 @@ from torchvision import datasets
 
 from plumbing.cli import DEFAULT_DATA_DIR
 from plumbing.errors import WriteError, fail
-from plumbing.saving import atomic_write
+from plumbing.saving import write_set
 
 SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")       # Debian's dataset-fashion-mnist
 # The four IDX files torchvision reads from ROOT/FashionMNIST/raw/, and their size in bytes
@@ -156,7 +156,7 @@ def _read(path, name):
 
 
 def _unpack(source, target):
-    """Copy (or gunzip) one file into place atomically if it is sound; return why not, or None."""
+    """Copy (or gunzip) one file into place if it is sound; return why not, or None."""
     try:
         data = _read(source, target.name)
     except (OSError, EOFError, zlib.error) as e:
@@ -164,8 +164,7 @@ def _unpack(source, target):
     problem = _data_problem(data, target.name)
     if problem is None:
         try:
-            with atomic_write(target) as dst:
-                dst.write(data)
+            write_set({target: lambda f: f.write(data)})
         except WriteError as e:
             fail(f"{e}: {e.fix.lower()} or pass another --data-dir.")
     return problem

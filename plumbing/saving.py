@@ -46,31 +46,13 @@ def locked(folder):
         yield
 
 
-@contextmanager
-def atomic_write(path):
-    """`with atomic_write(path) as f:` writes `path` as a set of one file: an exception inside the
-    block leaves the old file; a failure to write is a WriteError."""
-    path = Path(path)
-    with _one_set([path]) as (temporary, kept), _synced(path, temporary[0], kept) as f:
-        yield f
-
-
 def write_set(writers):
-    """Write several files ({path: write(f)}) into one folder as one set. A WriteError or a
-    KeyboardInterrupt says in its .outcome which files are this run's."""
+    """Write files ({path: write(f)}) into one folder as one set: each under a temporary name, then
+    all renamed into place, stops held off for the renames, the folder locked throughout. A
+    WriteError or a KeyboardInterrupt says in its .outcome which files are this run's."""
     paths = [Path(path) for path in writers]
     if not paths:
         return
-    with _one_set(paths) as (temporary, kept):
-        for path, tmp, write in zip(paths, temporary, writers.values()):
-            with _synced(path, tmp, kept) as f:
-                write(f)
-
-
-@contextmanager
-def _one_set(paths):
-    """Temporary names for `paths` and what a failure leaves; after the block, all renamed into
-    place, with stops held off for the renames. The folder is locked throughout."""
     names = ", ".join(path.name for path in paths)
     kept = (f"not saved: {names}; those of them in {paths[0].parent} are all as they were, "
             "from an earlier run" if len(paths) > 1 else "the file was left as it was")
@@ -82,7 +64,11 @@ def _one_set(paths):
                     error = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
                     raise WriteError(path, error, kept)
             try:
-                yield temporary, kept
+                for path, tmp, write in zip(paths, temporary, writers.values()):
+                    with _write_errors(path, kept), open(tmp, "xb") as f:
+                        write(f)
+                        f.flush()
+                        os.fsync(f.fileno())
             except KeyboardInterrupt as stop:
                 stop.outcome = kept
                 raise
@@ -98,15 +84,6 @@ def _one_set(paths):
         for tmp in temporary:
             with suppress(OSError):     # a failed cleanup never hides the failure that caused it
                 tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def _synced(path, tmp, outcome):
-    """The temporary file `tmp` of `path`, open for the block to write, then synced to disk."""
-    with _write_errors(path, outcome), open(tmp, "xb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def temporary_name(path):
