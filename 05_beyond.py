@@ -665,9 +665,12 @@ def read_trained(out_dir, stem, script, device):
     try:
         model, checkpoint = saving.load_checkpoint(out_dir / f"{stem}.pt", FashionNeuralNetwork,
                                                    device)
+    except errors.BadFile as e:                # its sentence says what to do
+        errors.fail(f"{e}")
+    try:
         history = saving.read_history(out_dir / f"{stem}_history.json")
     except errors.BadFile as e:
-        errors.fail(f"{e}")
+        errors.fail(f"{e}: run {script} with --out-dir {out_dir} again.")
     return model, checkpoint, history
 
 

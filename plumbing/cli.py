@@ -148,7 +148,7 @@ def _run(main):
              "machine with more memory.", 1)
     except OSError as e:
         if e.filename is not None:       # a path that could not be checked or read
-            fail(f"cannot read {e.filename} ({e.strerror}): check the path and its permissions, "
+            fail(f"cannot use {e.filename} ({e.strerror}): check the path and its permissions, "
                  "or pass another.")
         _silence(sys.stdout)             # print() failed: a closed pipe (| head), terminal or disk
         if not isinstance(e, BrokenPipeError):       # a closed pipe's reader has all it wanted

@@ -100,7 +100,7 @@ class MistakeTests(TinyDataTestCase):
         denied = PermissionError(errno.EACCES, "Permission denied", str(self.tmp / "locked"))
         with mock.patch.object(datafiles, "ensure_raw_files", side_effect=denied):
             err = self.assert_refused(baseline, [],
-                                      f"cannot read {self.tmp / 'locked'} (Permission denied)")
+                                      f"cannot use {self.tmp / 'locked'} (Permission denied)")
         self.assertEqual(err.count("\n"), 1, err)
         Image.new("RGB", (30, 30), "white").save(self.tmp / "shirt.png")
         for exception in (struct.error("unpack requires a buffer"), IndexError("list index"),

@@ -75,7 +75,7 @@ class DataFileTests(TinyDataTestCase):
             folders["a read-only folder"] = locked / "data"
         for case, folder in folders.items():
             with self.subTest(case):
-                err = self.assert_refused(data_step, ["--data-dir", folder], "cannot read",
+                err = self.assert_refused(data_step, ["--data-dir", folder], "cannot use",
                                           "check the path and its permissions, or pass another.")
                 self.assertEqual(err.count("\n"), 1, err)
                 self.assertIn(str(folder.parent), err)
