@@ -218,7 +218,7 @@ def print_summary(run, advice="with these settings"):
         lowest, final = run.test_losses[best - 1], run.test_losses[-1]
         seconds = sum(run.seconds)
         print(f"Lowest validation loss: {lowest:.3f} at epoch {best} "
-              f"({v} accuracy {run.accuracies[best - 1]:.3f}), kept as the best checkpoint")
+              f"({v} accuracy {run.accuracies[best - 1]:.3f})")
         print(f"Final validation loss:  {final:.3f} at epoch {last}, {final - lowest:.3f} above "
               f"its lowest")
         verdict, climb, noise = overfitting(run)
