@@ -8,7 +8,6 @@ handlers are left as found; a bad flag value is refused with the range it takes.
 import argparse
 import math
 import os
-import re
 import signal
 import sys
 from contextlib import suppress
@@ -48,20 +47,9 @@ def say_how_it_stopped(run, diverged):
 
 
 def divergence_advice(args):
-    """What to change after a training blew up, said from the settings in use: those changed from
-    their defaults are named; weight decay only shrinks the weights, so it is never blamed."""
-    settings = (("--lr", args.lr, DEFAULT_LR),
-                ("--batch-size", args.batch_size, DEFAULT_BATCH_SIZE),
-                ("--weight-decay", getattr(args, "weight_decay", 0.0), 0.0))
-    changed = ", ".join(f"{flag} {value:g}" for flag, value, default in settings
-                        if value != default)
-    if args.lr > DEFAULT_LR:
-        advice = f"try a smaller --lr, such as the default {DEFAULT_LR:g}"
-    else:
-        advice = f"try a smaller --lr than the {args.lr:g} in use, such as {args.lr / 10:g}"
-        if args.batch_size < DEFAULT_BATCH_SIZE:
-            advice += f", or a larger --batch-size, such as the default {DEFAULT_BATCH_SIZE}"
-    return f"with {changed or 'the default settings'}: {advice}"
+    """What to change after a training blew up: a smaller learning rate than the one in use."""
+    smaller = DEFAULT_LR if args.lr > DEFAULT_LR else args.lr / 10
+    return f"with --lr {args.lr:g}: try a smaller --lr, such as {smaller:g}"
 
 
 # ------------------------------------------------------------------------------- the script runner
@@ -95,21 +83,18 @@ def _silence(*streams):
 
 def run_script(main):
     """Run a script's main() for the command line: its return value is the exit status. In a
-    process of its own, the speed settings that cannot be undone are made first (speed.py); under
-    %run or runpy, none, and the host's signal and stream error handlers are put back after."""
+    process of its own, the settings that cannot be undone are made first (speed.py), and what
+    the console cannot encode is escaped; under %run or runpy, neither, and the host's signal
+    handlers are put back after."""
     if speed.owns_process(main.__code__.co_filename):
         speed.for_own_process()
+        with suppress(AttributeError):                  # None: started with standard output closed
+            sys.stdout.reconfigure(errors="backslashreplace")    # a non-Latin path, ASCII console
     handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    escaping = {}
     try:
         for signum, handler in handlers.items():
             if handler is not signal.SIG_IGN:     # ignored where it started (nohup): it stays so
                 signal.signal(signum, _terminate)
-        for stream in (sys.stdout, sys.stderr):     # a non-Latin path on an ASCII console: escaped
-            with suppress(AttributeError, OSError, ValueError):    # not a text file, or closed
-                errors = stream.errors
-                stream.reconfigure(errors="backslashreplace")
-                escaping[stream] = errors
         _run(main)
     finally:
         for stream in filter(None, (sys.stdout, sys.stderr)):
@@ -120,9 +105,6 @@ def run_script(main):
         for signum, handler in handlers.items():
             if handler is not None:              # None: set outside Python, cannot be put back
                 signal.signal(signum, handler)
-        for stream, errors in escaping.items():
-            with suppress(OSError, ValueError):
-                stream.reconfigure(errors=errors)
 
 
 def _run(main):
@@ -141,11 +123,11 @@ def _run(main):
     except BadFile as e:
         fail(str(e))
     except (MemoryError, RuntimeError) as e:
-        asked = _memory_asked_for(e)
-        if asked is None:                # a RuntimeError of another kind: a bug, with its traceback
-            raise
-        fail(f"out of memory{asked}: pass a smaller --batch-size, close other programs, or use a "
-             "machine with more memory.", 1)
+        # torch's CPU allocator says "can't allocate memory", CUDA's "out of memory"
+        if not (isinstance(e, MemoryError) or "allocate" in str(e) or "out of memory" in str(e)):
+            raise                        # a RuntimeError of another kind: a bug, with its traceback
+        fail("out of memory: pass a smaller --batch-size, close other programs, or use a machine "
+             "with more memory.", 1)
     except OSError as e:
         if e.filename is not None:       # a path that could not be checked or read
             fail(f"cannot use {e.filename} ({e.strerror}): check the path and its permissions, "
@@ -155,19 +137,6 @@ def _run(main):
             fail(f"the output could not be written ({e.strerror or e}).", 1)
         status = 141
     sys.exit(status)
-
-
-def _memory_asked_for(error):
-    """For an allocation that failed (MemoryError, or torch's RuntimeError saying so), the size it
-    asked for, in words (" (it asked for 96 MB)", or "" when unknown); None for any other error."""
-    text = str(error)
-    if not (isinstance(error, MemoryError) or "allocate" in text or "out of memory" in text):
-        return None
-    found = re.search(r"allocate (\d+) bytes", text)          # the CPU's allocator
-    if found:
-        return f" (it asked for {int(found.group(1)) / 2 ** 20:,.0f} MB)"
-    found = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text)     # CUDA's
-    return f" (it asked for {found.group(1)})" if found else ""
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -224,9 +193,9 @@ def get_device(name):
 
 def fused_adam(device):
     """Whether optim.Adam and AdamW have a fused kernel for `device` in this torch, where
-    fused=True raises a RuntimeError without one: CUDA and the CPU from torch 2.4, MPS from 2.5."""
-    first = {"cuda": "2.4", "cpu": "2.4", "mps": "2.5"}.get(device.type)
-    return first is not None and TorchVersion(torch.__version__) >= first
+    fused=True raises a RuntimeError without one: CUDA and the CPU have it in every torch that
+    requirements.txt allows (2.4 on), Apple's MPS from 2.5."""
+    return device.type != "mps" or TorchVersion(torch.__version__) >= "2.5"
 
 
 def path_arg(text):

@@ -61,11 +61,6 @@ class MistakeTests(TinyDataTestCase):
             with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(folder)}):
                 err = self.assert_refused(data_step, [],
                                           f"FASHION_MNIST_DIR (it names {folder}, {named})")
-        (self.tmp / "a-file").write_text("")
-        status, out, err = run_main(data_step, "--data-dir", self.tmp / "a-file", "--out-dir",
-                                    self.out_dir)
-        self.assertEqual((status, err.count("\n")), (2, 1))
-        self.assertIn(f"--data-dir {self.tmp / 'a-file'} is a file, not a folder", err)
 
     def test_index_outside_the_test_set(self):
         self.use_trained_dropout()
@@ -84,7 +79,7 @@ class MistakeTests(TinyDataTestCase):
         with mock.patch.object(common, "load_data",
                                side_effect=AssertionError("loaded data first")):
             self.assert_refused(baseline, ["--out-dir", self.tmp / "a-file"],
-                                "is a file, not a folder")
+                                "is a file or a link, not a folder")
             if Path("/proc/self").is_dir():              # a folder no one can write to, even root
                 self.assert_refused(baseline, ["--out-dir", "/proc"], "cannot write to /proc")
 
@@ -153,16 +148,11 @@ class DivergenceTests(TinyDataTestCase):
                 weights = checkpoint["state_dict"].values()
                 self.assertTrue(all(torch.isfinite(w).all() for w in weights))
 
-    def test_the_advice_names_the_settings_in_use(self):
+    def test_the_advice_is_a_smaller_lr_than_the_one_in_use(self):
         err = self.diverge(beyond, "--epochs", 2)
-        self.assertNotIn("such as the default 0.003", err)          # 0.003 is the lr in use
-        self.assertIn("with the default settings: try a smaller --lr than the 0.003 in use", err)
+        self.assertIn("with --lr 0.003: try a smaller --lr, such as 0.0003", err)
         err = self.diverge(beyond, "--epochs", 2, "--lr", 0.5, "--weight-decay", 0.1)
-        self.assertIn("with --lr 0.5, --weight-decay 0.1: try a smaller --lr, such as the default "
-                      "0.003", err)
-        err = self.diverge(beyond, "--epochs", 2, "--batch-size", 8)
-        self.assertIn("with --batch-size 8: try a smaller --lr than the 0.003 in use, such as "
-                      "0.0003, or a larger --batch-size, such as the default 64", err)
+        self.assertIn("with --lr 0.5: try a smaller --lr, such as 0.003", err)   # the default
 
     def test_a_weight_decay_that_shrinks_weights_past_zero_is_refused_before_training(self):
         with mock.patch.object(common, "load_data", side_effect=AssertionError("trained first")):
@@ -360,24 +350,18 @@ class BeforeTheRunnerTests(unittest.TestCase):
         self.assert_one_sentence(*script_says(str(HERE / "01_data.py"), "--help", code=code),
                                  "no longer exists")
 
-    def test_a_huge_pages_value_that_torch_would_only_warn_about(self):
-        self.assert_one_sentence(*script_says("01_data.py", "--help",
-                                              env={"THP_MEM_ALLOC_ENABLE": "yes"}),
-                                 "THP_MEM_ALLOC_ENABLE is 'yes'", "set it to 0")
-
 
 class OutOfMemoryTests(unittest.TestCase):
-    def test_an_allocation_that_fails_says_how_much_and_what_to_change(self):
+    def test_an_allocation_that_fails_says_what_to_change(self):
         cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
                            "allocate 100663296 bytes. Error code 12")
-        for error, size in ((cpu, " (it asked for 96 MB)"), (MemoryError(), "")):
+        for error in (cpu, MemoryError()):
             with self.subTest(error=type(error).__name__), self.assertRaises(SystemExit) as stop, \
                     mock.patch("sys.stderr", new_callable=io.StringIO) as err:
                 cli.run_script(lambda: (_ for _ in ()).throw(error))
             self.assertEqual(stop.exception.code, 1)
-            self.assertEqual(err.getvalue(), f"error: out of memory{size}: pass a smaller "
-                             "--batch-size, close other programs, or use a machine with more "
-                             "memory.\n")
+            self.assertEqual(err.getvalue(), "error: out of memory: pass a smaller --batch-size, "
+                             "close other programs, or use a machine with more memory.\n")
 
     def test_another_runtime_error_keeps_its_traceback(self):
         with self.assertRaises(RuntimeError):
