@@ -35,9 +35,6 @@ DOWNLOAD_TIMEOUT = 30           # seconds without an answer before the download 
 
 def ensure_raw_files(data_dir, download=True):
     """Put the four sound files in DATA_DIR/FashionMNIST/raw/; return the root torchvision reads."""
-    if Path(data_dir).expanduser().is_file():
-        fail(f"--data-dir {data_dir} is a file, not a folder: pass the folder that holds, or is "
-             "to hold, FashionMNIST/raw/.")
     root = data_root(data_dir)
     processed = root / "FashionMNIST" / "processed"
     if all((processed / name).is_file() for name in ("training.pt", "test.pt")):
@@ -94,29 +91,22 @@ def ensure_raw_files(data_dir, download=True):
 
 
 def data_root(data_dir):
-    """The root --data-dir names: itself, or above the data set's FashionMNIST or its raw folder."""
+    """The root --data-dir names: torchvision's, the folder above FashionMNIST/raw/. One that holds
+    the data set's files, itself or in its raw/, is refused, and nothing is made inside it."""
     folder = Path(data_dir).expanduser()
-    if folder.name == "raw" and folder.parent.name == "FashionMNIST":
-        root = folder.parent.parent
-    elif folder.name == "FashionMNIST":
-        root = folder.parent
-    elif any((folder / f"{name}{gz}").is_file() for name in RAW_FILES for gz in ("", ".gz")):
-        fail(f"--data-dir {data_dir} holds Fashion-MNIST's files itself, where the scripts need "
-             "the folder above FashionMNIST/raw/ and make no folder inside yours: use these files "
-             f"as a local copy, with FASHION_MNIST_DIR={folder} and no --data-dir (they are "
-             f"checked and unpacked into {DEFAULT_DATA_DIR}FashionMNIST/raw/).")
-    else:
-        return folder
-    print(f"Reading {folder} as the data set's {folder.name} folder: --data-dir {root}")
-    return root
+    for files in (folder, folder / "raw"):
+        if any((files / f"{name}{gz}").is_file() for name in RAW_FILES for gz in ("", ".gz")):
+            fail(f"--data-dir {data_dir} holds Fashion-MNIST's files, where the scripts need the "
+                 f"folder above FashionMNIST/raw/ (the default is {DEFAULT_DATA_DIR}): pass that "
+                 f"folder, or leave out --data-dir and set FASHION_MNIST_DIR={files} to use these "
+                 "files as a local copy.")
+    return folder
 
 
 def _why_not_downloaded(e):
     """The download's own reason, its exception's last line, with what to do where it is known."""
     why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-    if "timed out" in why:
-        why += f": the server did not answer within {DOWNLOAD_TIMEOUT} s; try again later"
-    elif "CERTIFICATE_VERIFY_FAILED" in why:
+    if "CERTIFICATE_VERIFY_FAILED" in why:
         why += ("; Python cannot check the server's certificate: on macOS, run \"Install "
                 "Certificates.command\" in Applications/Python 3.x, elsewhere pip install certifi "
                 "and set SSL_CERT_FILE to the path that python -m certifi prints")
