@@ -312,13 +312,12 @@ class ReadBackTests(TinyDataTestCase):
         good = torch.load(self.out_dir / "baseline.pt", weights_only=True)
         nan = {**good["state_dict"], "layer_output.bias": torch.full((10,), math.nan)}
         cases = {"weights that are not numbers": dict(good, state_dict=nan),
-                 "broken (dropout 1.5,": dict(good, dropout=1.5),
-                 "broken (dropout True,": dict(good, dropout=True),
-                 "epoch nan:": dict(good, epoch=math.nan),
-                 "the state_dict holds weights): train again": dict(good, state_dict={})}
-        for phrase, checkpoint in cases.items():
-            with self.subTest(phrase):
+                 "dropout 1.5": dict(good, dropout=1.5), "dropout True": dict(good, dropout=True),
+                 "epoch nan": dict(good, epoch=math.nan), "no weights": dict(good, state_dict={})}
+        for case, checkpoint in cases.items():
+            with self.subTest(case):
                 torch.save(checkpoint, self.tmp / "bad.pt")
+                phrase = "not numbers" if case.startswith("weights") else "truncated, broken"
                 self.assert_refused(inference, ["--checkpoint", self.tmp / "bad.pt"], phrase,
                                     "bad.pt")
         # finite, but not its answers
@@ -333,7 +332,7 @@ class ReadBackTests(TinyDataTestCase):
             for member in source.infolist():
                 bomb.writestr(member.filename, source.read(member))
         self.assertLess((self.tmp / "bomb.pt").stat().st_size, 2 ** 20)
-        self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "unpacks to 64 MB")
+        self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "bomb.pt is empty")
         torch.save(cases["weights that are not numbers"], self.out_dir / "baseline.pt")
         out = self.train_script(dropout)
         self.assertIn("confidence.png not written: ", out)
@@ -451,7 +450,7 @@ class OutputFolderTests(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.tmp = Path(tmp.name)
 
-    def test_a_dangling_link_or_a_loop_is_named_as_a_link(self):
+    def test_a_dangling_link_or_a_loop_is_refused_as_not_a_folder(self):
         (self.tmp / "dangling").symlink_to(self.tmp / "nowhere")
         (self.tmp / "a").symlink_to(self.tmp / "b")
         (self.tmp / "b").symlink_to(self.tmp / "a")
@@ -460,8 +459,7 @@ class OutputFolderTests(unittest.TestCase):
                     self.assertRaises(SystemExit):
                 with mock.patch("builtins.print") as said:
                     saving.prepare_out_dir(self.tmp / name)
-            self.assertIn("is a link to", said.call_args[0][0])
-            self.assertNotIn("is a file", said.call_args[0][0])
+            self.assertIn("is a file or a link, not a folder", said.call_args[0][0])
 
     def test_two_runs_saving_into_one_folder_leave_one_runs_set(self):
         real_replace, first = os.replace, threading.Event()
@@ -513,9 +511,24 @@ class CheckpointWrapperTests(unittest.TestCase):
             for k, v in model.state_dict().items():
                 self.assertTrue(torch.equal(v, self.weights[k]), k)
 
-    def test_a_checkpoint_of_other_classes_is_refused(self):
-        checkpoint = saving.checkpoint(self.weights, 0.2, {"epoch": 1})
-        checkpoint["classes"] = [str(digit) for digit in range(10)]
-        torch.save(checkpoint, self.tmp / "digits.pt")
-        with self.assertRaisesRegex(saving.BadFile, "other classes"):
-            saving.load_checkpoint(self.tmp / "digits.pt", self.network, torch.device("cpu"))
+    def test_a_large_checkpoint_is_read_only_where_it_is_used(self):
+        if not Path("/proc/self/status").is_file():
+            self.skipTest("Linux's /proc only")
+        # ours, with 256 MB of padding in its metrics: mmap=True leaves the padding on disk
+        path = self.tmp / "padded.pt"
+        torch.save(saving.checkpoint(self.weights, 0.2, {"epoch": 1, "pad": torch.ones(2 ** 26)}),
+                   path)
+        child = f"""if True:
+            import torch
+            from common import FashionNeuralNetwork
+            from plumbing import saving
+            def peak():                  # MB: this process's own peak (ru_maxrss is the parent's)
+                return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024
+            before = peak()
+            saving.load_checkpoint({str(path)!r}, FashionNeuralNetwork, torch.device("cpu"))
+            print(peak() - before)
+        """
+        result = subprocess.run([sys.executable, "-c", child], cwd=HERE, capture_output=True,
+                                text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertLess(int(result.stdout), 64, "MB more than before the load")
