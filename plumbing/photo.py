@@ -52,23 +52,18 @@ def _open_image(path):
     """The picture at `path`, decoded (the first frame of several); one sentence if it cannot be."""
     if not path.is_file():
         fail(f"no image file at {path}: check the path given to --image.")
-    limit = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None       # read the size first, to refuse a huge picture by it
         with Image.open(path) as image:
-            if limit and image.width * image.height > limit:
-                fail(f"{path} is {image.width}x{image.height} pixels, over the {limit} pixels that "
-                     "PIL decodes safely: scale it down (1000 pixels a side is plenty) and pass "
-                     "that to --image.")
             image = ImageOps.exif_transpose(image)     # decoded; a photo taken sideways upright
         image.thumbnail((1024, 1024), Image.Resampling.BOX)   # plenty for 28x28, and bounded work
     except UnidentifiedImageError:
         fail(f"{path} is not an image that can be read: pass a PNG or JPEG file to --image.")
+    except Image.DecompressionBombError as e:            # PIL's own limit, from the size alone
+        fail(f"{path} is too large to decode safely ({e}): scale it down (1000 pixels a side is "
+             "plenty) and pass that to --image.")
     except Exception as e:               # each decoder raises its own: all mean "cannot decode"
         fail(f"{path} cannot be decoded ({type(e).__name__}: {e}): save it again as PNG or JPEG "
              "and pass that to --image.")
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
     return image
 
 
