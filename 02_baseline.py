@@ -85,7 +85,7 @@ def main(argv=None):
     # The tutorial calls stopping at the lowest validation loss "L2 Regularization": that is early
     # stopping (L2 regularisation is a penalty on the weights). baseline_best.pt keeps that epoch.
     common.print_summary(run, cli.divergence_advice(args))
-    return cli.exit_status(run)
+    return cli.EXIT_STATUS[run.stopped]
 
 
 if __name__ == "__main__":

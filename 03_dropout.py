@@ -76,7 +76,7 @@ def main(argv=None):
                 print(f"Wrote {out_dir / name}")
             elif (out_dir / name).exists():
                 print(f"The {name} in {out_dir} is an earlier run's.")
-    return cli.exit_status(run)
+    return cli.EXIT_STATUS[run.stopped]
 
 
 def compare_with_baseline(run, dropout, out_dir):

@@ -109,7 +109,7 @@ def one_run(args, seed, trainloader, testloader, device, out_dir):
                                      f"training{mixed} and validation loss")
         saving.save_run("beyond", run, checkpoint_dropout(args), out_dir, plot=fig)   # one set
     common.print_summary(run, cli.divergence_advice(args))
-    outcome = {"run": run, "status": cli.exit_status(run),
+    outcome = {"run": run, "status": cli.EXIT_STATUS[run.stopped],
                "test_accuracy": (run.test_of_best or {}).get("test_accuracy")}
     if args.final_fit and run.epochs and not run.stopped:
         outcome["status"], final = final_fit(args, seed, args.dropout, run.best_epoch,
@@ -230,7 +230,7 @@ def final_fit(args, seed, dropout, epochs, trainloader, testloader, device, out_
         if final.stopped == "diverged":
             print(f"error: the final fit diverged at epoch {final.epochs + 1} "
                   f"{cli.divergence_advice(args)}.", file=sys.stderr)
-        return cli.exit_status(final), None
+        return cli.EXIT_STATUS[final.stopped], None
     metrics = {"epoch": epochs, **test_once(model, testloader, device,
                                             f"with the final fit's {plural(epochs, 'epoch')}")}
     if out_dir:
@@ -311,7 +311,7 @@ def sweep(args, trainloader, testloader, device, out_dir):
                     ", and no choice is made", "dropout_sweep.json")
         if args.final_fit:
             print(f"No final fit: the sweep did not end{earlier_final(out_dir)}.", file=sys.stderr)
-        return cli.exit_status(run)
+        return cli.EXIT_STATUS[run.stopped]
     print(f"Chosen: dropout {chosen}. {why}")
     if args.final_fit:
         status, tests = 0, []

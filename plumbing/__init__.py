@@ -27,11 +27,6 @@ def _check_what_torch_needs():
     except OSError:                      # MKL cannot load from a deleted folder
         fail("the folder this was started in no longer exists: cd to a folder that exists, and "
              "run again.")
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(name, "")
-        if value and not (value.strip().isdigit() and int(value) > 0):
-            fail(f"{name} is {value!r}, not a number of threads: set it to a whole number such as "
-                 "2, or unset it.")
     try:
         import torch, torchvision    # noqa: F401, E401  (only to see that they load)
         missing = None if importlib.util.find_spec("matplotlib") else "matplotlib"

@@ -30,11 +30,6 @@ LAST_SEED = 2 ** 64 - 1                                         # torch.manual_s
 EXIT_STATUS = {None: 0, "diverged": 1, "interrupted": 130, "terminated": 143, "hung up": 129}
 
 
-def exit_status(run):
-    """The exit status for how a training run ended."""
-    return EXIT_STATUS[run.stopped]
-
-
 def say_how_it_stopped(run, diverged):
     """After a run's summary, on standard error: why a run blew up (`diverged`: what was seen and
     what to change), or what a stop by Ctrl-C or a signal kept."""

@@ -12,7 +12,7 @@ from contextlib import suppress
 def fail(message, status=2):
     """Stop with one sentence that says what went wrong and what to do: no traceback. Called while
     a wrapped Ctrl-C or signal is being handled, it lets that stop go on instead."""
-    stop = interrupt_in(sys.exc_info()[1])
+    stop = behind(sys.exc_info()[1], KeyboardInterrupt)
     if stop:
         raise stop
     with suppress(OSError):              # a standard error that cannot be written: the status
@@ -20,14 +20,10 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
-def interrupt_in(error):
-    """The Ctrl-C or signal (a KeyboardInterrupt) behind `error`, or None: torch.save reports one
-    that lands while it writes as a RuntimeError raised while handling it."""
-    return _behind(error, KeyboardInterrupt)
-
-
-def _behind(error, kind):
-    """The first exception of `kind` in `error`'s chain (itself, its cause or context), or None."""
+def behind(error, kind):
+    """The first exception of `kind` in `error`'s chain (itself, its cause or context), or None.
+    torch.save reports a Ctrl-C or a signal (a KeyboardInterrupt) that lands while it writes as a
+    RuntimeError raised while handling it."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, kind):
@@ -61,7 +57,7 @@ class WriteError(Exception):
 
     def __init__(self, path, error, outcome="the file was left as it was"):
         # torch.save reports a failed write as "unexpected pos": the OSError behind it says why.
-        error = _behind(error, OSError) or error
+        error = behind(error, OSError) or error
         if getattr(error, "strerror", None):       # the system's words, then the errno's name
             reason = f"{error.strerror}, {errno.errorcode.get(error.errno, error.errno)}"
         else:                     # not a system error: a serializer's, say, in its own words

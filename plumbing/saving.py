@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import uuid
+import zipfile
 from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ try:
 except ImportError:
     fcntl = None
 
-from plumbing.errors import BadFile, WriteError, fail, interrupt_in
+from plumbing.errors import BadFile, WriteError, behind, fail
 
 
 # ------------------------------------------------------------------------------------ safe writes
@@ -101,7 +102,7 @@ def _write_errors(path, outcome):
     try:
         yield
     except (OSError, RuntimeError, pickle.PicklingError) as e:
-        stop = interrupt_in(e)
+        stop = behind(e, KeyboardInterrupt)
         if stop:
             raise stop
         raise WriteError(path, e, outcome) from e
@@ -240,13 +241,19 @@ def load_checkpoint(path, network, device):
     if not path.is_file():
         raise BadFile(f"no checkpoint at {path}: train first (python 03_dropout.py writes "
                       "dropout.pt), or pass another --checkpoint.")
+    # A checkpoint of this network holds about 1 MB; its zip's unpacked size is known beforehand.
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:
+            size = max(size, sum(member.file_size for member in archive.infolist()))
+    if size > 50 * 2 ** 20:
+        raise BadFile(f"{path} unpacks to {size // 2 ** 20} MB, where a checkpoint of this "
+                      f"network holds about 1 MB: {another}.")
     unusable = BadFile(f"{path} is empty, truncated, broken or not a checkpoint of these scripts, "
                        f"nor a state_dict of weights: {another}.")
     try:
         # A checkpoint is a pickle: weights_only=True refuses to run any code stored in one.
-        # mmap=True reads weights only where they are used: a huge file costs no memory, and a
-        # compressed one (a zip bomb) is refused. The model is moved to `device` at the end.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         # what weights_only refuses to unpickle (a class, a function) it names as a GLOBAL
         if not (isinstance(e, pickle.UnpicklingError) and "GLOBAL " in str(e)):

@@ -5,10 +5,11 @@ makes the settings a library reads only once, and only in a process of the scrip
 threads_chosen() chooses the thread count while a network trains. docs/speed.md says why each.
 """
 import copy
+import ctypes
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 
 STRICT_SUMS = "MKL_CBWR"                     # MKL's switch; AUTO,STRICT: the same for any count
 HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"          # PyTorch's switch (c10's alloc_cpu.cpp, torch 2.2 on)
+M_MMAP_THRESHOLD = -3                        # glibc's malloc.h: the size from which mmap serves
 
 
 def owns_process(script):
@@ -31,13 +33,16 @@ def owns_process(script):
 
 
 def for_own_process():
-    """Strict sums, huge pages and denormals flushed (docs/speed.md), made before torch's first
-    tensor, product and thread. A value the user set is kept (torch warns of one it cannot read)."""
+    """Strict sums, huge pages, denormals flushed, freed blocks returned (docs/speed.md), made
+    before torch's first tensor, product and thread. A value the user set is kept (torch warns)."""
     if not os.environ.get(STRICT_SUMS):
         os.environ[STRICT_SUMS] = "AUTO,STRICT"
     if not os.environ.get(HUGE_PAGES):
         os.environ[HUGE_PAGES] = "1"
     torch.set_flush_denormal(True)
+    with suppress(AttributeError, ValueError, OSError):       # glibc only: not macOS, Windows, musl
+        if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 2 ** 20)
 
 
 # ------------------------------------------------------------------- the thread count, measured

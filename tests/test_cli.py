@@ -59,8 +59,8 @@ class MistakeTests(TinyDataTestCase):
         for folder, named in ((self.tmp / "nowhere", "which is not a folder"),
                               (empty, "which lacks train-images-idx3-ubyte.gz")):
             with mock.patch.dict(os.environ, {"FASHION_MNIST_DIR": str(folder)}):
-                err = self.assert_refused(data_step, [],
-                                          f"FASHION_MNIST_DIR (it names {folder}, {named})")
+                self.assert_refused(data_step, [],
+                                    f"FASHION_MNIST_DIR (it names {folder}, {named})")
 
     def test_index_outside_the_test_set(self):
         self.use_trained_dropout()
@@ -326,11 +326,6 @@ class BeforeTheRunnerTests(unittest.TestCase):
             self.assert_one_sentence(*script_says("01_data.py", "--help",
                                                   env={"PYTHONPATH": fake}),
                                      "could not be loaded", "ulimit -v")
-
-    def test_a_thread_count_that_is_not_a_number(self):
-        self.assert_one_sentence(*script_says("04_inference.py", "--help",
-                                              env={"OMP_NUM_THREADS": "two"}),
-                                 "OMP_NUM_THREADS is 'two'")
 
     def test_an_interpreter_that_leaves_the_scripts_folder_off_the_path(self):
         for flag in ("-I", "-P"):                 # isolated, safe path: sys.path[0] is not HERE

@@ -332,7 +332,7 @@ class ReadBackTests(TinyDataTestCase):
             for member in source.infolist():
                 bomb.writestr(member.filename, source.read(member))
         self.assertLess((self.tmp / "bomb.pt").stat().st_size, 2 ** 20)
-        self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "bomb.pt is empty")
+        self.assert_refused(inference, ["--checkpoint", self.tmp / "bomb.pt"], "unpacks to 64 MB")
         torch.save(cases["weights that are not numbers"], self.out_dir / "baseline.pt")
         out = self.train_script(dropout)
         self.assertIn("confidence.png not written: ", out)
@@ -511,24 +511,3 @@ class CheckpointWrapperTests(unittest.TestCase):
             for k, v in model.state_dict().items():
                 self.assertTrue(torch.equal(v, self.weights[k]), k)
 
-    def test_a_large_checkpoint_is_read_only_where_it_is_used(self):
-        if not Path("/proc/self/status").is_file():
-            self.skipTest("Linux's /proc only")
-        # ours, with 256 MB of padding in its metrics: mmap=True leaves the padding on disk
-        path = self.tmp / "padded.pt"
-        torch.save(saving.checkpoint(self.weights, 0.2, {"epoch": 1, "pad": torch.ones(2 ** 26)}),
-                   path)
-        child = f"""if True:
-            import torch
-            from common import FashionNeuralNetwork
-            from plumbing import saving
-            def peak():                  # MB: this process's own peak (ru_maxrss is the parent's)
-                return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024
-            before = peak()
-            saving.load_checkpoint({str(path)!r}, FashionNeuralNetwork, torch.device("cpu"))
-            print(peak() - before)
-        """
-        result = subprocess.run([sys.executable, "-c", child], cwd=HERE, capture_output=True,
-                                text=True, timeout=120)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertLess(int(result.stdout), 64, "MB more than before the load")

@@ -1,6 +1,6 @@
 """Guards the speed settings (plumbing/speed.py), none of which may change a result or outlive a
 run in a host: the thread count chosen by measuring, strict sums, denormals flushed, huge pages,
-one batch in memory."""
+freed memory given back, one batch in memory."""
 import argparse
 import gc
 import itertools
@@ -208,7 +208,7 @@ class ThreadRuleTests(unittest.TestCase):
 
 class MemoryTests(unittest.TestCase):
     """Every flag of 05_beyond.py keeps memory bounded: one batch in memory at a time, no copy of
-    the training set (docs/speed.md measures the full data)."""
+    the training set, freed blocks given back (docs/speed.md measures the full data)."""
 
     @staticmethod
     def live_tensor_bytes():
@@ -232,6 +232,39 @@ class MemoryTests(unittest.TestCase):
             self.assertLess(extra, 1.1 * batch,
                             f"{extra / batch:.1f} batches besides the training set")
             del mixed, targets
+
+    def test_freed_blocks_of_a_megabyte_and_more_go_back_to_the_system(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            self.skipTest("glibc only")
+        child = """if True:
+            import ctypes, sys
+            from plumbing import speed
+            if sys.argv[1] == "fixed":
+                speed.for_own_process()
+            libc = ctypes.CDLL(None)
+            libc.malloc.restype = ctypes.c_void_p
+            libc.free.argtypes = [ctypes.c_void_p]
+            def rss():
+                return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+            def touch_and_free(mb):
+                p = libc.malloc(mb * 2 ** 20)
+                ctypes.memset(p, 1, mb * 2 ** 20)
+                libc.free(p)
+            touch_and_free(30)                # freed, it would raise glibc's threshold to 30 MB
+            before = rss()
+            touch_and_free(20)
+            print(rss() - before)
+        """
+        kept = {}
+        for how in ("fixed", "glibc's own"):
+            result = subprocess.run([sys.executable, "-c", child, how], cwd=HERE,
+                                    capture_output=True,
+                                    text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            kept[how] = int(result.stdout) / 1024               # MB still held after the free
+        # the reason for the fix, still there
+        self.assertGreater(kept["glibc's own"], 15, kept)
+        self.assertLess(kept["fixed"], 2, kept)
 
     def test_large_tensors_lie_in_huge_pages_unless_the_user_says_no(self):
         mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
