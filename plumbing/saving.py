@@ -267,7 +267,7 @@ def load_checkpoint(path, network, device):
     if not ours:
         checkpoint = {"dropout": None, "epoch": None}        # a state_dict saved elsewhere
     dropout, epoch = checkpoint["dropout"], checkpoint["epoch"]
-    # a record of these scripts whose dropout or epoch is not one (a bool is not a number)
+    # a record of these scripts whose dropout or epoch is not a number in range (a bool is none)
     broken = ours and not (type(dropout) in (int, float) and 0 <= dropout < 1
                            and type(epoch) is int and epoch >= 0)
     if found is None or broken:
